@@ -1,0 +1,79 @@
+"""The 15 Kaggle facial keypoints: names, column order and left/right symmetry.
+
+Kaggle's convention is the *subject's* left: ``left_eye_center`` lies on the image's
+right half (x about 66), ``right_eye_center`` on its left half (x about 30).
+Everything that needs a keypoint name or a column position imports it from here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGE_SIZE = 96
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "left_eye_center",
+    "right_eye_center",
+    "left_eye_inner_corner",
+    "left_eye_outer_corner",
+    "right_eye_inner_corner",
+    "right_eye_outer_corner",
+    "left_eyebrow_inner_end",
+    "left_eyebrow_outer_end",
+    "right_eyebrow_inner_end",
+    "right_eyebrow_outer_end",
+    "nose_tip",
+    "mouth_left_corner",
+    "mouth_right_corner",
+    "mouth_center_top_lip",
+    "mouth_center_bottom_lip",
+)
+N_KEYPOINTS = len(KEYPOINT_NAMES)
+
+#: The 30 coordinate columns of training.csv, in Kaggle's order (x then y per keypoint).
+COORD_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in KEYPOINT_NAMES for axis in "xy")
+N_COORDS = len(COORD_COLUMNS)
+
+#: The keypoints present in (almost) every Kaggle row; the other 11 are missing in ~70 % of rows.
+CORE_KEYPOINTS: tuple[str, ...] = (
+    "left_eye_center",
+    "right_eye_center",
+    "nose_tip",
+    "mouth_center_bottom_lip",
+)
+
+IMAGE_COLUMN = "Image"
+TRAINING_COLUMNS: tuple[str, ...] = (*COORD_COLUMNS, IMAGE_COLUMN)
+TEST_COLUMNS: tuple[str, ...] = ("ImageId", IMAGE_COLUMN)
+ID_LOOKUP_COLUMNS: tuple[str, ...] = ("RowId", "ImageId", "FeatureName", "Location")
+SUBMISSION_COLUMNS: tuple[str, ...] = ("RowId", "Location")
+
+
+def _mirror_name(name: str) -> str:
+    """The keypoint a horizontal flip maps ``name`` onto (left <-> right)."""
+    if "left" in name:
+        return name.replace("left", "right")
+    if "right" in name:
+        return name.replace("right", "left")
+    return name
+
+
+def flip_permutation() -> np.ndarray:
+    """Index array ``p`` so that ``flipped[:, i] = coords[:, p[i]]`` after mirroring x.
+
+    A mirrored image shows the subject's left eye where the right one was, so the
+    column that held ``right_eye_center_x`` now feeds ``left_eye_center_x``.
+    """
+    index = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
+    perm = np.empty(N_COORDS, dtype=np.int64)
+    for i, name in enumerate(KEYPOINT_NAMES):
+        j = index[_mirror_name(name)]
+        perm[2 * i] = 2 * j
+        perm[2 * i + 1] = 2 * j + 1
+    return perm
+
+
+def core_mask() -> np.ndarray:
+    """Boolean mask over the 30 coordinates marking the four core keypoints."""
+    return np.array([col.rsplit("_", 1)[0] in CORE_KEYPOINTS for col in COORD_COLUMNS])

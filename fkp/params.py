@@ -1,0 +1,130 @@
+"""Typed view of ``params.yaml``: one dataclass per section, defaults = the shipped defaults.
+
+DVC tracks the YAML keys each stage reads; code reads them through these classes so a
+typo in a key fails loudly instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "sample"  # sample | kaggle: which folder under data/raw/ feeds the pipeline
+
+
+@dataclass(frozen=True)
+class SampleParams:
+    n_train: int = 1200
+    n_test: int = 200
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ImputeParams:
+    strategy: str = "mask"  # ffill | mask | drop
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    arch: str = "seed"
+    width: int = 32
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool = True
+    shift_px: float = 3.0
+    rotate_deg: float = 10.0
+    scale: float = 0.05
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 1e-4
+    patience: int = 10
+    seed: int = 42
+    tta_flip: bool = True
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    experiment: str = "fkp"
+    registered_model: str = "facial-keypoints-cnn"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    sample: SampleParams = field(default_factory=SampleParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    impute: ImputeParams = field(default_factory=ImputeParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    mlflow: MlflowParams = field(default_factory=MlflowParams)
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"params: unknown key(s) {unknown} in section {where!r}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        f = known[name]
+        nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if nested is not None and dataclasses.is_dataclass(nested):
+            kwargs[name] = _build(nested, value or {}, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any]) -> Params:
+    """Build :class:`Params` from a nested dict; unknown keys are an error."""
+    return _build(Params, values or {}, "params")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read ``params.yaml``; a missing file means all defaults."""
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    return from_dict(yaml.safe_load(path.read_text()) or {})
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """``{"train.lr": 0.001, ...}``: the form MLflow params and ``dvc exp run -S`` use."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(f"{key}.", value)
+            else:
+                out[key] = value
+
+    walk("", params)
+    return out
