@@ -1,0 +1,333 @@
+"""MLflow tracking for fkp: where runs live, and what every run records about its provenance.
+
+The pipeline trains in one process and evaluates/registers in others, so a run is handed on by
+id (:func:`write_run_id` / :func:`read_run_id`) and resumed with :func:`start_run`.
+
+Defaults are relative to the current working directory, which is the repository root whenever
+a stage runs (``dvc repro``, the CLI and the flows all run from where ``dvc.yaml`` lives):
+
+* tracking store: ``sqlite:///<cwd>/mlflow.db`` (env ``MLFLOW_TRACKING_URI`` overrides it);
+* artifact root: ``<cwd>/mlartifacts`` (env ``FKP_MLFLOW_ARTIFACTS`` overrides it).
+
+Explicit arguments to :func:`configure` win over both. The artifact root only applies when the
+experiment is created: MLflow fixes an experiment's artifact location for its lifetime.
+
+TensorFlow is not imported here: the tracking helpers are used by light-weight stages too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import LifecycleStage
+
+from fkp import atomic
+from fkp.params import Params, flatten
+
+DEFAULT_EXPERIMENT = "fkp"
+ARTIFACTS_ENV = "FKP_MLFLOW_ARTIFACTS"
+ENTRYPOINT_ENV = "FKP_ENTRYPOINT"
+FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+
+TAG_GIT_COMMIT = "git.commit"
+TAG_GIT_DIRTY = "git.dirty"
+TAG_DATA_DIR = "fkp.data_dir"
+TAG_DATA_HASH = "fkp.data_hash"
+TAG_DVC_MD5 = "fkp.dvc_md5"
+TAG_FLOW_RUN = "fkp.flow_run_id"
+TAG_ENTRYPOINT = "fkp.entrypoint"
+TAG_RESUME_CONFLICTS = "fkp.resume_param_conflicts"
+
+_configured_experiment_id: str | None = None
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def _as_uri(location: str | Path) -> str:
+    """Paths become absolute ``file://`` URIs; anything that already is a URI passes through."""
+    text = str(location)
+    if "://" in text or text.startswith("file:"):
+        return text
+    return Path(text).expanduser().resolve().as_uri()
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the SQLite file ``mlflow.db`` in the working directory."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root() -> str:
+    """``FKP_MLFLOW_ARTIFACTS`` if set, else ``mlartifacts`` in the working directory, as a file URI."""
+    return _as_uri(os.environ.get(ARTIFACTS_ENV) or Path.cwd() / "mlartifacts")
+
+
+def configure(
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    artifact_root: str | None = None,
+) -> str:
+    """Point MLflow at the store, make ``experiment`` active (creating it if needed); return its id.
+
+    Safe to call repeatedly and from concurrent processes: a lost creation race just reads back
+    the experiment the other process made; a deleted experiment of that name is restored.
+    """
+    global _configured_experiment_id
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        location = _as_uri(artifact_root) if artifact_root else default_artifact_root()
+        try:
+            experiment_id = client.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            experiment_id = found.experiment_id
+    else:
+        experiment_id = found.experiment_id
+        if found.lifecycle_stage == LifecycleStage.DELETED:
+            client.restore_experiment(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    _configured_experiment_id = experiment_id
+    return experiment_id
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """``git.commit`` and ``git.dirty`` (tracked files modified) for ``cwd``; empty outside a repo."""
+    where = Path(cwd) if cwd is not None else Path.cwd()
+    commit = _git(["rev-parse", "HEAD"], where)
+    if not commit:
+        return {}
+    status = _git(["status", "--porcelain", "--untracked-files=no"], where)
+    tags = {TAG_GIT_COMMIT: commit}
+    if status is not None:
+        tags[TAG_GIT_DIRTY] = "true" if status else "false"
+    return tags
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_hash(raw_dir: str | Path) -> str | None:
+    """Content hash of the raw data: md5 over ``"<relative path> <md5>"`` lines of every CSV, sorted.
+
+    Independent of file timestamps and of where the folder lives, so the same data gives the same
+    hash on every machine. ``None`` when the folder holds no CSV.
+    """
+    root = Path(raw_dir)
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.rglob("*.csv") if p.is_file())
+    if not files:
+        return None
+    lines = "".join(f"{p.relative_to(root).as_posix()} {_file_md5(p)}\n" for p in files)
+    return hashlib.md5(lines.encode(), usedforsecurity=False).hexdigest()
+
+
+def dvc_md5(path: str | Path, lock_file: str | Path = "dvc.lock") -> str | None:
+    """The md5 DVC recorded for ``path``: from ``<path>.dvc`` if it exists, else from ``dvc.lock``.
+
+    ``path`` is compared as written in those files (relative to the repository root).
+    """
+    target = Path(path).as_posix().rstrip("/")
+    dvc_file = Path(f"{target}.dvc")
+    entries: list[Mapping[str, Any]] = []
+    if dvc_file.is_file():
+        entries = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+        return next((str(e["md5"]) for e in entries if "md5" in e), None)
+    lock = Path(lock_file)
+    if not lock.is_file():
+        return None
+    for stage in ((yaml.safe_load(lock.read_text()) or {}).get("stages") or {}).values():
+        entries.extend(stage.get("deps", []) or [])
+        entries.extend(stage.get("outs", []) or [])
+    for entry in entries:
+        if str(entry.get("path", "")).rstrip("/") == target and "md5" in entry:
+            return str(entry["md5"])
+    return None
+
+
+def flow_run_id() -> str | None:
+    """The Prefect flow run this process belongs to, if any.
+
+    Prefect is only asked when it is already imported: importing it just to find out costs seconds.
+    """
+    env = os.environ.get(FLOW_RUN_ENV)
+    if env:
+        return env
+    if "prefect" not in sys.modules:
+        return None
+    try:
+        from prefect.runtime import flow_run
+
+        value = flow_run.id
+    except Exception:
+        return None
+    return str(value) if value else None
+
+
+def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
+    """Git state, raw-data hashes, Prefect flow run and entrypoint of the current process."""
+    tags = git_tags()
+    tags[TAG_DATA_DIR] = Path(raw_dir).as_posix()
+    if (content := data_hash(raw_dir)) is not None:
+        tags[TAG_DATA_HASH] = content
+    if (recorded := dvc_md5(raw_dir)) is not None:
+        tags[TAG_DVC_MD5] = recorded
+    if (flow := flow_run_id()) is not None:
+        tags[TAG_FLOW_RUN] = flow
+    tags[TAG_ENTRYPOINT] = os.environ.get(ENTRYPOINT_ENV) or "cli"
+    return tags
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _log_params(run_id: str, values: Mapping[str, Any], resumed: bool) -> None:
+    """Log params; on a resumed run keep the recorded values and note any that now differ.
+
+    MLflow refuses to change a logged param, and the values the model was trained with are the
+    ones worth keeping.
+    """
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params if resumed else {}
+    fresh = {k: v for k, v in values.items() if k not in existing}
+    conflicts = {
+        k: [existing[k], str(v)] for k, v in values.items() if k in existing and existing[k] != str(v)
+    }
+    if fresh:
+        mlflow.log_params(fresh)
+    if conflicts:
+        mlflow.set_tag(TAG_RESUME_CONFLICTS, json.dumps(conflicts, sort_keys=True))
+
+
+@contextlib.contextmanager
+def start_run(
+    run_name: str,
+    params: Params,
+    *,
+    tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    raw_dir: str | Path | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run (or resume ``run_id``) that records the params and where code and data came from.
+
+    A new run gets every param (flattened, ``train.lr`` style) and the provenance tags of
+    :func:`provenance_tags` for ``raw_dir`` (default ``data/raw/<params.data.source>``). A resumed
+    run keeps its training-time provenance; it only gains ``tags``, params it did not have yet, and
+    the flow run id if it had none. If :func:`configure` was not called in this process, the
+    defaults and ``params.mlflow.experiment`` are used. The run ends FAILED if the body raises.
+    """
+    if _configured_experiment_id is None:
+        configure(experiment=params.mlflow.experiment)
+    data_dir = Path(raw_dir) if raw_dir is not None else Path("data/raw") / params.data.source
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        resumed = run_id is not None
+        if resumed:
+            extra = {}
+            if TAG_FLOW_RUN not in run.data.tags and (flow := flow_run_id()) is not None:
+                extra[TAG_FLOW_RUN] = flow
+        else:
+            extra = provenance_tags(data_dir)
+        mlflow.set_tags({**extra, **{k: str(v) for k, v in (tags or {}).items()}})
+        _log_params(run.info.run_id, flatten(params), resumed)
+        yield run
+
+
+def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat_numbers(value, f"{name}."))
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[name] = number
+    return out
+
+
+def log_metrics_dict(metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+    """Log the finite numbers of a (possibly nested) metrics dict to the active run; return them.
+
+    Nested keys are joined with ``.`` (``{"rmse": {"left_eye_center_x": 1.2}}`` gives
+    ``rmse.left_eye_center_x``); strings, ``None`` and NaN are skipped since MLflow metrics are
+    numeric series.
+    """
+    numbers = _flat_numbers(metrics)
+    if numbers:
+        mlflow.log_metrics(numbers, step=step)
+    return numbers
+
+
+def log_split(split_path: str | Path) -> None:
+    """Attach the train/validation split file to the active run under ``split/``."""
+    mlflow.log_artifact(str(split_path), artifact_path="split")
+
+
+def log_pictures(paths: Iterable[str | Path]) -> None:
+    """Attach plots and sample images to the active run under ``plots/``."""
+    for path in paths:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+# --------------------------------------------------------------------------- run hand-over
+
+
+def write_run_id(path: str | Path, run_id: str) -> None:
+    """Record ``run_id`` (JSON, written atomically) for the stages that continue this run."""
+    atomic.write_text(path, json.dumps({"run_id": run_id}, indent=2) + "\n")
+
+
+def read_run_id(path: str | Path) -> str:
+    """Read the run id written by :func:`write_run_id`; a clear error names the file otherwise."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no MLflow run id recorded (run the train stage first)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    run_id = payload.get("run_id") if isinstance(payload, dict) else None
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"{path}: field 'run_id' is missing or not a non-empty string")
+    return run_id

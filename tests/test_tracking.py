@@ -1,0 +1,240 @@
+"""Tracking against a real SQLite MLflow store: params, provenance tags, resumed runs, epoch logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import uuid
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from fkp import tracking
+from fkp.params import Params, from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One SQLite store for the module: creating the schema is the slow part."""
+    root = tmp_path_factory.mktemp("mlflow")
+    return {"uri": f"sqlite:///{root / 'mlflow.db'}", "artifacts": str(root / "artifacts")}
+
+
+@pytest.fixture
+def experiment(store: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh experiment per test, so run counts and histories do not leak between tests."""
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        tracking.ARTIFACTS_ENV,
+        tracking.ENTRYPOINT_ENV,
+        tracking.FLOW_RUN_ENV,
+    ):
+        monkeypatch.delenv(name, raising=False)
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setattr(tracking, "_configured_experiment_id", None)
+    experiment_id = tracking.configure(store["uri"], f"t-{uuid.uuid4().hex[:8]}", store["artifacts"])
+    yield experiment_id
+    mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def raw_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "training.csv").write_text("a,b\n1,2\n")
+    (folder / "test.csv").write_text("c\n3\n")
+    return folder
+
+
+def _git_head(cwd: Path) -> str | None:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_default_locations_follow_cwd_then_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(tracking.ARTIFACTS_ENV, raising=False)
+    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.default_artifact_root() == (tmp_path.resolve() / "mlartifacts").as_uri()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
+    monkeypatch.setenv(tracking.ARTIFACTS_ENV, str(tmp_path / "art"))
+    assert tracking.default_tracking_uri() == "sqlite:////elsewhere/x.db"
+    assert tracking.default_artifact_root() == (tmp_path / "art").resolve().as_uri()
+
+
+def test_configure_sets_artifact_location_and_is_idempotent(
+    store: dict[str, str], experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    explicit = tracking.configure(store["uri"], "explicit-root", str(tmp_path / "explicit"))
+    assert tracking.configure(store["uri"], "explicit-root") == explicit
+    client = MlflowClient(store["uri"])
+    assert client.get_experiment(explicit).artifact_location == (tmp_path / "explicit").resolve().as_uri()
+
+    monkeypatch.setenv(tracking.ARTIFACTS_ENV, str(tmp_path / "from-env"))
+    from_env = tracking.configure(store["uri"], "env-root")
+    assert client.get_experiment(from_env).artifact_location == (tmp_path / "from-env").resolve().as_uri()
+    assert mlflow.get_tracking_uri() == store["uri"]
+
+
+def test_new_run_records_params_and_provenance(
+    experiment: str, raw_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv(tracking.FLOW_RUN_ENV, "flow-123")
+    monkeypatch.setenv(tracking.ENTRYPOINT_ENV, "prefect")
+    params = from_dict({"train": {"lr": 0.005, "augment": {"flip": False}}})
+
+    with tracking.start_run("train", params, tags={"stage": "train"}, raw_dir=raw_dir) as run:
+        run_id = run.info.run_id
+
+    data = MlflowClient().get_run(run_id).data
+    assert data.params["train.lr"] == "0.005"
+    assert data.params["train.augment.flip"] == "False"
+    assert data.params["mlflow.registered_model"] == "facial-keypoints-cnn"
+    assert data.tags["stage"] == "train"
+    assert data.tags[tracking.TAG_FLOW_RUN] == "flow-123"
+    assert data.tags[tracking.TAG_ENTRYPOINT] == "prefect"
+    assert data.tags[tracking.TAG_DATA_HASH] == tracking.data_hash(raw_dir)
+    assert data.tags["mlflow.runName"] == "train"
+    head = _git_head(REPO)
+    if head is None:
+        pytest.skip("the project is not a readable git checkout here")
+    assert data.tags[tracking.TAG_GIT_COMMIT] == head
+    assert data.tags[tracking.TAG_GIT_DIRTY] in {"true", "false"}
+
+
+def test_run_outside_git_has_no_commit_and_defaults_to_cli(
+    experiment: str, raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    monkeypatch.chdir(outside)
+    if _git_head(outside) is not None:
+        pytest.skip("temporary folder lies inside a git repository")
+    with tracking.start_run("train", Params(), raw_dir=raw_dir) as run:
+        run_id = run.info.run_id
+    tags = MlflowClient().get_run(run_id).data.tags
+    assert tracking.TAG_GIT_COMMIT not in tags
+    assert tags[tracking.TAG_ENTRYPOINT] == "cli"
+
+
+def test_resumed_run_gains_metrics_and_keeps_training_params(
+    experiment: str, raw_dir: Path, tmp_path: Path
+) -> None:
+    with tracking.start_run("train", Params(), raw_dir=raw_dir) as run:
+        tracking.log_metrics_dict({"train_loss": 1.5})
+    handoff = tmp_path / "run.json"
+    tracking.write_run_id(handoff, run.info.run_id)
+
+    changed = from_dict({"train": {"tta_flip": False}})
+    with tracking.start_run("evaluate", changed, run_id=tracking.read_run_id(handoff), tags={"evaluated": 1}):
+        tracking.log_metrics_dict({"val_rmse": 2.25})
+
+    client = MlflowClient()
+    runs = client.search_runs([experiment])
+    assert [r.info.run_id for r in runs] == [run.info.run_id]
+    resumed = runs[0]
+    assert resumed.info.status == "FINISHED"
+    assert resumed.data.metrics == {"train_loss": 1.5, "val_rmse": 2.25}
+    assert resumed.data.params["train.tta_flip"] == "True"
+    assert json.loads(resumed.data.tags[tracking.TAG_RESUME_CONFLICTS]) == {
+        "train.tta_flip": ["True", "False"]
+    }
+    assert resumed.data.tags["evaluated"] == "1"
+
+
+def test_run_is_marked_failed_when_the_body_raises(experiment: str, raw_dir: Path) -> None:
+    with pytest.raises(RuntimeError), tracking.start_run("train", Params(), raw_dir=raw_dir) as run:
+        raise RuntimeError("boom")
+    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
+def test_artifact_and_metric_helpers(experiment: str, raw_dir: Path, tmp_path: Path) -> None:
+    split = tmp_path / "split.json"
+    split.write_text('{"val": [1, 2]}')
+    plot = tmp_path / "curve.png"
+    plot.write_bytes(b"\x89PNG")
+    with tracking.start_run("evaluate", Params(), raw_dir=raw_dir) as run:
+        tracking.log_split(split)
+        tracking.log_pictures([plot])
+        logged = tracking.log_metrics_dict(
+            {"rmse": 2.0, "per_keypoint": {"nose_tip_x": 1.0}, "note": "text", "bad": math.nan}, step=3
+        )
+    assert logged == {"rmse": 2.0, "per_keypoint.nose_tip_x": 1.0}
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "split")] == ["split/split.json"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/curve.png"]
+    history = client.get_metric_history(run.info.run_id, "per_keypoint.nose_tip_x")
+    assert [(m.step, m.value) for m in history] == [(3, 1.0)]
+
+
+def test_data_hash_depends_on_content_only(raw_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in raw_dir.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    assert tracking.data_hash(copy) == tracking.data_hash(raw_dir)
+
+    (copy / "test.csv").write_text("c\n4\n")
+    assert tracking.data_hash(copy) != tracking.data_hash(raw_dir)
+    assert tracking.data_hash(tmp_path / "missing") is None
+
+
+def test_dvc_md5_reads_dvc_file_then_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    deps:\n    - path: data/raw/sample\n      md5: abc.dir\n"
+    )
+    assert tracking.dvc_md5("data/raw/sample") == "abc.dir"
+    assert tracking.dvc_md5("data/raw/kaggle") is None
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    (tmp_path / "data/raw/kaggle.dvc").write_text("outs:\n- md5: def.dir\n  path: kaggle\n")
+    assert tracking.dvc_md5("data/raw/kaggle") == "def.dir"
+
+
+def test_read_run_id_names_the_file_on_bad_input(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    with pytest.raises(FileNotFoundError, match="run.json"):
+        tracking.read_run_id(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="run.json: not valid JSON"):
+        tracking.read_run_id(path)
+    path.write_text('{"id": "x"}')
+    with pytest.raises(ValueError, match="run.json: field 'run_id'"):
+        tracking.read_run_id(path)
+
+
+def test_epoch_logger_writes_history_to_a_run_that_is_not_active(experiment: str, raw_dir: Path) -> None:
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    from fkp.mlflow_callback import MlflowEpochLogger
+
+    with tracking.start_run("train", Params(), raw_dir=raw_dir) as target:
+        pass
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=[keras.metrics.MeanAbsoluteError("mae")]
+    )
+
+    with tracking.start_run("other", Params(), raw_dir=raw_dir) as other:
+        model.fit(
+            x, y, validation_data=(x, y), epochs=3, batch_size=8, verbose=0,
+            callbacks=[MlflowEpochLogger(target.info.run_id)],
+        )  # fmt: skip
+
+    client = MlflowClient()
+    for key in ("loss", "val_loss", "val_mae", "lr"):
+        assert [m.step for m in client.get_metric_history(target.info.run_id, key)] == [0, 1, 2], key
+    assert client.get_metric_history(target.info.run_id, "lr")[0].value == pytest.approx(0.01)
+    assert client.get_run(other.info.run_id).data.metrics == {}
