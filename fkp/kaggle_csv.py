@@ -116,8 +116,14 @@ def write_test(path: str | Path, image_ids: np.ndarray, images: np.ndarray) -> N
 
 
 def write_id_lookup(path: str | Path, lookup: pd.DataFrame) -> None:
-    """Write an IdLookupTable.csv (``Location`` left empty, as Kaggle ships it)."""
-    _write_frame(lookup[list(ID_LOOKUP_COLUMNS)], path)
+    """Write an IdLookupTable.csv byte-compatible with Kaggle's: rows stop after FeatureName.
+
+    Kaggle's header names a ``Location`` column that no row fills (not even with a comma).
+    """
+    rows = lookup[["RowId", "ImageId", "FeatureName"]].astype(str).agg(",".join, axis=1)
+    text = ",".join(ID_LOOKUP_COLUMNS) + "\n" + "".join(f"{r}\n" for r in rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="ascii")
 
 
 def write_submission(path: str | Path, row_ids: np.ndarray, locations: np.ndarray) -> None:

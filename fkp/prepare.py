@@ -11,15 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from fkp.atomic import atomic_path
-from fkp.errors import DataError
+from fkp.groups import GROUPS_CSV, read_groups
 from fkp.kaggle_csv import TEST_CSV, TRAINING_CSV, TestSet, TrainingSet, read_test, read_training
 from fkp.params import SplitParams
 from fkp.split import Split, make_split, save_split
 
-GROUPS_CSV = "groups.csv"
 TRAIN_NPZ = "train.npz"
 TEST_NPZ = "test.npz"
 SPLIT_JSON = "split.json"
@@ -30,17 +28,6 @@ class PreparedPaths:
     train: Path
     test: Path
     split: Path
-
-
-def read_groups(path: str | Path, n_rows: int) -> np.ndarray:
-    """Read ``groups.csv`` (``row,group``: a person id per training row, 0-based row order)."""
-    path = Path(path)
-    df = pd.read_csv(path)
-    if list(df.columns[:2]) != ["row", "group"]:
-        raise DataError(f"expected columns ['row', 'group'], found {list(df.columns)}", file=path)
-    if len(df) != n_rows or not np.array_equal(df["row"].to_numpy(), np.arange(n_rows)):
-        raise DataError(f"must list rows 0..{n_rows - 1} in order, one per training row", file=path)
-    return df["group"].to_numpy()
 
 
 def save_train(path: str | Path, data: TrainingSet) -> None:
