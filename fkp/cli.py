@@ -1,0 +1,220 @@
+"""The ``fkp`` command line: one subcommand per pipeline step.
+
+Each subcommand is thin glue over one function in the library, the same function the
+DVC stages and the Prefect tasks call. Heavy imports (TensorFlow, MLflow, GX) happen
+inside the handlers, so ``fkp --help`` and the data tools start instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fkp.errors import DataError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _params(args: argparse.Namespace):
+    from fkp.params import load_params
+
+    return load_params(args.params)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from fkp.sample import FULL_SIZE, generate_sample, write_sample
+
+    p = _params(args).sample
+    n_train, n_test = FULL_SIZE if args.full else (args.n_train or p.n_train, args.n_test or p.n_test)
+    seed = p.seed if args.seed is None else args.seed
+    print(f"generating a synthetic sample: {n_train} training and {n_test} test faces (seed {seed})")
+    paths = write_sample(args.out, generate_sample(n_train, n_test, seed))
+    for path in paths:
+        print(f"  wrote {path}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from fkp.plots import show_csv
+
+    out = show_csv(args.csv, args.out, n=args.n, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fkp.validate import validate_raw_dir
+
+    report = validate_raw_dir(args.raw_dir, args.report_dir)
+    print(report.summary())
+    return 0 if report.success else 1
+
+
+def cmd_data_import(args: argparse.Namespace) -> int:
+    from fkp.sources import import_dir
+
+    import_dir(args.src, args.dest, track=not args.no_dvc)
+    return 0
+
+
+def cmd_data_kaggle(args: argparse.Namespace) -> int:
+    from fkp.sources import KaggleCredentialsError, download_kaggle
+
+    try:
+        download_kaggle(args.dest, track=not args.no_dvc)
+    except KaggleCredentialsError as exc:
+        print(f"fkp data kaggle: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from fkp.prepare import prepare
+
+    prepare(args.raw_dir, args.out, _params(args).split)
+    return 0
+
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    from fkp.impute import run_impute
+
+    strategy = args.strategy or _params(args).impute.strategy
+    run_impute(args.prepared, args.out, strategy)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fkp.train import run_train
+
+    run_train(_params(args))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fkp.evaluate import run_evaluate
+
+    run_evaluate(_params(args))
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from fkp.promote import run_register
+
+    run_register(_params(args))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    tta = _params(args).train.tta_flip
+    if bool(args.images) == bool(args.data):
+        print("fkp predict: give either --data DIR (test.csv) or image files, not both", file=sys.stderr)
+        return 2
+    if args.data:
+        from fkp.kaggle_csv import ID_LOOKUP_CSV, TEST_CSV
+        from fkp.predict import predict_test
+
+        predict_test(args.model, args.data / TEST_CSV, args.data / ID_LOOKUP_CSV, args.out, tta_flip=tta)
+        return 0
+    from fkp.photos import NoFaceFoundError, predict_photos
+
+    try:
+        predict_photos(args.model, args.images, args.out, tta_flip=tta)
+    except NoFaceFoundError as exc:
+        print(f"fkp predict: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("sample", cmd_sample, "write a synthetic sample in the exact Kaggle CSV format")
+    p.add_argument("--out", required=True, type=Path, help="folder for the four Kaggle CSVs")
+    p.add_argument("--n-train", type=int, help="training faces (default: params sample.n_train)")
+    p.add_argument("--n-test", type=int, help="test faces (default: params sample.n_test)")
+    p.add_argument("--seed", type=int, help="random seed (default: params sample.seed)")
+    p.add_argument("--full", action="store_true", help="Kaggle's full size: 7049 training, 1783 test")
+
+    p = add("show", cmd_show, "draw a grid of faces with their keypoints (PNG)")
+    p.add_argument("csv", type=Path, help="a Kaggle-format training.csv")
+    p.add_argument("--out", type=Path, default=Path("reports/faces.png"))
+    p.add_argument("-n", type=int, default=16, help="number of faces")
+    p.add_argument("--seed", type=int, default=0, help="which faces (random pick)")
+
+    p = add("validate", cmd_validate, "validate raw Kaggle CSVs with the Great Expectations suites")
+    p.add_argument("raw_dir", type=Path, help="folder with training.csv, test.csv, IdLookupTable.csv")
+    p.add_argument("--report-dir", type=Path, default=Path("reports/validation"))
+
+    data = add("data", lambda a: 0, "bring real Kaggle data in, tracked by DVC")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
+    p = add("import", cmd_data_import, "import Kaggle files you downloaded (folder or zip)", data_sub)
+    p.add_argument("src", type=Path)
+    p.add_argument("--dest", type=Path, default=Path("data/raw/kaggle"))
+    p.add_argument("--no-dvc", action="store_true", help="copy only, do not `dvc add`")
+    p = add("kaggle", cmd_data_kaggle, "download the competition files with the Kaggle API", data_sub)
+    p.add_argument("--dest", type=Path, default=Path("data/raw/kaggle"))
+    p.add_argument("--no-dvc", action="store_true", help="copy only, do not `dvc add`")
+
+    p = add("prepare", cmd_prepare, "parse the CSVs into a cached .npz and fix the train/val split")
+    p.add_argument("raw_dir", type=Path)
+    p.add_argument("--out", type=Path, default=Path("data/prepared"))
+
+    p = add("impute", cmd_impute, "fill or mask the missing training labels (ffill | mask | drop)")
+    p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    p.add_argument("--out", type=Path, default=Path("data/prepared/targets.npz"))
+    p.add_argument("--strategy", choices=("ffill", "mask", "drop"), help="default: params impute.strategy")
+
+    add("train", cmd_train, "train the CNN (params model.*, train.*) and log the run to MLflow")
+    add("evaluate", cmd_evaluate, "score the model on the validation split; write metrics.json and plots")
+    add("register", cmd_register, "register the model; make it champion only if it beats the current one")
+
+    p = add("predict", cmd_predict, "predict keypoints for test.csv (Kaggle submission) or for photos")
+    p.add_argument("images", nargs="*", type=Path, help="photos (PNG/JPEG); omit with --data")
+    p.add_argument("--data", type=Path, help="folder with test.csv and IdLookupTable.csv")
+    p.add_argument(
+        "--model",
+        default="models:/facial-keypoints-cnn@champion",
+        help="a .keras file or an MLflow model URI (default: %(default)s)",
+    )
+    p.add_argument("--out", type=Path, default=Path("reports/predict"))
+
+    return parser
+
+
+def _show_progress() -> None:
+    """Send fkp's own INFO messages (progress of long steps) to stderr, not every library's."""
+    logger = logging.getLogger("fkp")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _show_progress()
+    try:
+        return args.handler(args)
+    except DataError as exc:
+        print(f"fkp {args.command}: bad input: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"fkp {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

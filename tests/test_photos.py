@@ -1,0 +1,188 @@
+"""Photos: face framing and the photo <-> model-input mapping, detection, errors, written outputs."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fkp import photos
+from fkp.errors import DataError
+from fkp.keypoints import KEYPOINT_NAMES
+from fkp.photos import Box, FaceCrop, NoFaceFoundError
+
+
+def _draw_face(
+    width: int, height: int, centre: tuple[int, int], size: int, *, bgr: bool = True
+) -> np.ndarray:
+    """A plain drawn face (oval, brows, eyes, nose, mouth) that OpenCV's frontal-face cascade finds."""
+    img = np.full((height, width), 200, np.uint8)
+    s = size / 240
+
+    def p(x: float, y: float) -> tuple[int, int]:
+        return round(centre[0] + x * s), round(centre[1] + y * s)
+
+    def r(a: float, b: float) -> tuple[int, int]:
+        return round(a * s), round(b * s)
+
+    cv2.ellipse(img, p(0, 0), r(70, 92), 0, 0, 360, 170, -1)
+    for side in (-1, 1):
+        cv2.ellipse(img, p(side * 30, -22), r(14, 7), 0, 0, 360, 40, -1)
+        cv2.ellipse(img, p(side * 30, -40), r(20, 5), 0, 0, 360, 60, -1)
+    cv2.ellipse(img, p(0, 22), r(12, 6), 0, 0, 360, 120, -1)
+    cv2.ellipse(img, p(0, 50), r(26, 7), 0, 0, 360, 70, -1)
+    img = cv2.GaussianBlur(img, (7, 7), 0)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if bgr else img
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+
+def test_mapping_round_trip_is_exact():
+    crop = FaceCrop(x0=-7, y0=13, size=217)
+    points = np.random.default_rng(0).uniform(-50, 400, size=(5, 30))
+    np.testing.assert_allclose(crop.to_photo(crop.to_crop(points)), points, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(crop.to_crop(crop.to_photo(points)), points, rtol=0, atol=1e-9)
+    # the crop's corners are the model input's corners
+    corners = np.array([-7.0, 13.0, 210.0, 230.0])
+    np.testing.assert_allclose(crop.to_crop(corners), [0, 0, 96, 96], atol=1e-12)
+
+
+def test_crop_for_face_keeps_the_centre_and_scales_the_side():
+    box = Box(100, 50, 200, 200)
+    crop = photos.crop_for_face(box, scale=1.08)
+    assert crop.size == 216
+    assert abs(crop.x0 + crop.size / 2 - 200) <= 0.5 and abs(crop.y0 + crop.size / 2 - 150) <= 0.5
+    assert photos.crop_for_face(box, scale=1.0) == FaceCrop(100, 50, 200)
+
+
+def test_largest_box():
+    small, big = Box(0, 0, 10, 10), Box(50, 50, 30, 30)
+    assert photos.largest_box([small, big, Box(5, 5, 20, 20)]) == big
+    assert photos.largest_box([]) is None
+
+
+def _blob_photo(width: int, height: int, cx: float, cy: float, sigma: float = 6.0) -> np.ndarray:
+    """A bright Gaussian spot centred at continuous photo coordinates (cx, cy) on a dark ground."""
+    yy, xx = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
+    spot = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+    return np.round(20 + 220 * spot).astype(np.uint8)
+
+
+def _centroid(gray: np.ndarray) -> np.ndarray:
+    weights = np.clip(gray.astype(np.float64) - 20, 0, None)
+    yy, xx = np.mgrid[0 : gray.shape[0], 0 : gray.shape[1]] + 0.5
+    return np.array([(xx * weights).sum(), (yy * weights).sum()]) / weights.sum()
+
+
+@pytest.mark.parametrize(
+    ("crop", "spot"),
+    [
+        (FaceCrop(250, 120, 240), (371.3, 247.8)),  # shrink (photo pixels -> fewer model pixels)
+        (FaceCrop(-30, -20, 150), (40.6, 52.2)),  # reaches past the photo's top-left edges
+        (FaceCrop(300, 200, 64), (331.7, 229.4)),  # enlarge
+    ],
+)
+def test_cut_out_pixels_and_mapped_coordinates_agree(crop, spot):
+    """A spot found in the 96x96 model input maps back to where it is in the photo."""
+    photo = _blob_photo(640, 480, *spot, sigma=6.0 * crop.size / 240)
+    face = photos.extract_crop(photo, crop)
+    assert face.shape == (96, 96) and face.dtype == np.uint8
+    found = crop.to_photo(_centroid(face))
+    np.testing.assert_allclose(found, spot, atol=0.15 * crop.scale)
+
+
+# --------------------------------------------------------------------------- detection and files
+
+
+def test_detects_a_drawn_face_where_it_is():
+    gray = _draw_face(640, 480, centre=(400, 220), size=240, bgr=False)
+    boxes = photos.detect_faces(gray)
+    assert boxes, "no face detected in the drawn face"
+    box = boxes[0]
+    assert abs(box.x + box.w / 2 - 400) < 24 and abs(box.y + box.h / 2 - 220) < 24
+    assert 150 < box.w < 300
+
+
+def test_large_photo_is_detected_on_a_shrunk_copy_in_full_size_coordinates():
+    gray = _draw_face(2400, 1600, centre=(1500, 700), size=900, bgr=False)
+    box = photos.detect_faces(gray, max_side=800)[0]
+    assert abs(box.x + box.w / 2 - 1500) < 90 and abs(box.y + box.h / 2 - 700) < 90
+    assert 550 < box.w < 1100
+
+
+def test_plain_photo_raises_no_face_found_and_writes_nothing(tmp_path):
+    path = tmp_path / "wall.png"
+    cv2.imwrite(str(path), np.full((300, 400), 128, np.uint8))
+    with pytest.raises(NoFaceFoundError) as info:
+        # the model is never loaded: faces are looked for first
+        photos.predict_photos(tmp_path / "no-such-model.keras", [path], tmp_path / "out")
+    assert str(info.value) == f"no face found in {path}"
+    assert info.value.path == path
+    assert isinstance(info.value, DataError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_and_missing_files_are_named(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a picture")
+    with pytest.raises(DataError, match=r"notes\.jpg.*cannot read as an image"):
+        photos.read_photo(bad)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.png.*cannot read"):
+        photos.read_photo(empty)
+    with pytest.raises(DataError, match=r"gone\.png.*file not found"):
+        photos.read_photo(tmp_path / "gone.png")
+
+
+def test_two_photos_with_the_same_stem_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match=r"face\.json"):
+        photos.predict_photos("unused.keras", [tmp_path / "a/face.png", tmp_path / "b/face.jpg"], tmp_path)
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory: pytest.TempPathFactory):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((96, 96, 1))
+    x = keras.layers.Conv2D(2, 8, strides=8)(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(30, bias_initializer=keras.initializers.Constant(48.0))(x)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+def test_predict_photos_writes_json_and_overlay(tmp_path, keras_file):
+    from fkp.predict import load_model, predict_keypoints
+
+    photo = _draw_face(560, 420, centre=(300, 200), size=220)
+    photo[..., 2] = np.clip(photo[..., 2].astype(int) + 30, 0, 255)  # a colour photo, not gray
+    path = tmp_path / "portrait.jpg"
+    cv2.imwrite(str(path), photo)
+
+    [result] = photos.predict_photos(keras_file, [path], tmp_path / "out", tta_flip=False)
+    assert result["json"] == tmp_path / "out" / "portrait.json"
+    assert result["overlay"] == tmp_path / "out" / "portrait_keypoints.png"
+    record = json.loads(result["json"].read_text())
+    assert list(record["keypoints"]) == list(KEYPOINT_NAMES)
+    assert record["image_size"] == {"width": 560, "height": 420}
+    box = record["face_box"]
+    assert abs(box["x"] + box["width"] / 2 - 300) < 24 and abs(box["y"] + box["height"] / 2 - 200) < 24
+
+    # the keypoints are the model's prediction on the cut-out face, mapped into the photo
+    gray = photos.to_gray(photos.read_photo(path))
+    crop = FaceCrop(record["crop_box"]["x"], record["crop_box"]["y"], record["crop_box"]["size"])
+    raw = predict_keypoints(load_model(keras_file), photos.extract_crop(gray, crop)[None], tta_flip=False)[0]
+    got = np.array(list(record["keypoints"].values())).ravel()
+    np.testing.assert_allclose(got, crop.to_photo(raw), atol=0.01)
+
+    overlay = cv2.imread(str(result["overlay"]))
+    assert overlay.shape == photo.shape
+    assert np.abs(overlay.astype(int) - cv2.imread(str(path)).astype(int)).sum() > 0  # something drawn
