@@ -9,6 +9,7 @@ row of the first bad token.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,105 @@ def format_images(images: np.ndarray) -> list[str]:
 def to_model_input(images: np.ndarray) -> np.ndarray:
     """uint8 ``(m, 96, 96)`` -> float32 ``(m, 96, 96, 1)`` scaled to 0..1, as the seed feeds its CNN."""
     return (np.asarray(images, dtype=np.float32) / 255.0)[..., None]
+
+
+@dataclass(frozen=True)
+class ImageTokenStats:
+    """Per-row facts about ``Image`` fields, cheap enough to compute for a whole file.
+
+    Validation checks these small columns instead of 230 MB of pixel text.
+    ``minimum``/``maximum`` cover the integer tokens only (NaN when a row has none);
+    ``first_bad`` is the first token that is not an integer, or None.
+    """
+
+    n_tokens: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+    first_bad: np.ndarray
+
+
+_MINUS = 45
+
+
+def image_token_stats(fields: Sequence[object]) -> ImageTokenStats:
+    """Count the tokens of each ``Image`` field and find its smallest and largest integer.
+
+    A token is a run of characters between spaces. Like :func:`parse_images` it works on
+    one byte buffer per chunk of rows, so a clean file costs about as much as parsing it
+    and a broken one (decimals, signs, letters in every row) not much more.
+    """
+    m = len(fields)
+    n_tokens = np.zeros(m, dtype=np.int64)
+    minimum = np.full(m, np.nan)
+    maximum = np.full(m, np.nan)
+    first_bad = np.full(m, None, dtype=object)
+    for start in range(0, m, _CHUNK_ROWS):
+        chunk = [f if isinstance(f, str) else "" for f in fields[start : start + _CHUNK_ROWS]]
+        rows = slice(start, start + len(chunk))
+        _chunk_stats(chunk, n_tokens[rows], minimum[rows], maximum[rows], first_bad[rows])
+    return ImageTokenStats(n_tokens=n_tokens, minimum=minimum, maximum=maximum, first_bad=first_bad)
+
+
+def _chunk_stats(
+    fields: list[str], n_tokens: np.ndarray, minimum: np.ndarray, maximum: np.ndarray, first_bad: np.ndarray
+) -> None:
+    """Fill the four per-row stats of one chunk in place."""
+    text = "   " + "\n".join(fields) + "\n"  # leading spaces: look-behinds need no bounds checks
+    safe = text  # a line break inside a field would split its row: make it an ordinary bad character
+    if text.count("\n") != len(fields):
+        safe = "   " + "\n".join(f.replace("\n", "\0") for f in fields) + "\n"
+    buf = np.frombuffer(safe.encode("ascii", errors="replace"), dtype=np.uint8)  # one byte per character
+    newlines = np.flatnonzero(buf == _NEWLINE)
+    digits = buf - np.uint8(_ZERO)  # wraps around for non-digits, so one compare finds digits
+    is_digit = digits < 10
+    plain = np.count_nonzero(is_digit) + np.count_nonzero(buf == _SPACE) + len(newlines) == len(buf)
+    if plain:  # only digits and separators: tokens are digit runs
+        ends = np.flatnonzero(is_digit[:-1] > is_digit[1:])
+    else:
+        sep = (buf == _SPACE) | (buf == _NEWLINE)
+        ends = np.flatnonzero(~sep[:-1] & sep[1:])
+    has_tens = is_digit[ends - 1]
+    has_hundreds = has_tens & is_digit[ends - 2]
+    exact = has_hundreds & is_digit[ends - 3]  # four or more digits
+    values = digits[ends].astype(np.uint16)
+    values += digits[ends - 1] * has_tens.astype(np.uint16) * 10
+    values += digits[ends - 2] * has_hundreds.astype(np.uint16) * 100
+    values = values.astype(np.float64)
+    integer = np.ones(len(ends), dtype=bool)
+    if not plain:
+        odd = np.flatnonzero(~is_digit & ~sep)
+        token = np.searchsorted(ends, odd)
+        sign = (buf[odd] == _MINUS) & sep[odd - 1] & is_digit[odd + 1]  # a leading minus before digits
+        integer[token[~sign]] = False
+        exact[token[sign]] = True
+    for k in np.flatnonzero(exact & integer):  # rare (signs, long numbers): read exactly
+        values[k] = float(_token(text, safe, int(ends[k])))  # float: no digit limit, huge becomes inf
+    counts = np.diff(np.searchsorted(ends, newlines), prepend=0)
+    n_tokens[:] = counts
+    if plain:
+        _per_row(counts, values, np.minimum, minimum)
+        _per_row(counts, values, np.maximum, maximum)
+        return
+    _per_row(counts, np.where(integer, values, np.inf), np.minimum, minimum)
+    _per_row(counts, np.where(integer, values, -np.inf), np.maximum, maximum)
+    row_of_token = np.searchsorted(newlines, ends)
+    no_integer = np.bincount(row_of_token[integer], minlength=len(fields)) == 0
+    minimum[no_integer] = maximum[no_integer] = np.nan
+    bad = np.flatnonzero(~integer)
+    bad_rows, first_of_row = np.unique(row_of_token[bad], return_index=True)
+    for r, k in zip(bad_rows, bad[first_of_row], strict=True):
+        first_bad[r] = _token(text, safe, int(ends[k]))[:20]
+
+
+def _token(text: str, safe: str, end: int) -> str:
+    """The token of ``text`` ending at index ``end``; ``safe`` is ``text`` with only row breaks left."""
+    start = max(safe.rfind(" ", 0, end), safe.rfind("\n", 0, end)) + 1
+    return text[start : end + 1]
+
+
+def _per_row(counts: np.ndarray, values: np.ndarray, ufunc: np.ufunc, out: np.ndarray) -> None:
+    """``out[r] = ufunc`` over row r's values (tokens are in row order); rows without tokens stay."""
+    filled = counts > 0
+    if filled.any():
+        row_starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        out[filled] = ufunc.reduceat(values, row_starts[filled])
