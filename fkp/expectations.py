@@ -77,7 +77,11 @@ class SuiteRunner:
 
         site = {
             "class_name": "SiteBuilder",
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            # GX wants an absolute folder when no project root is configured
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder", "show_cta_footer": False},
         }
         config = DataContextConfig(

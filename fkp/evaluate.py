@@ -1,0 +1,105 @@
+"""Stage: score the trained model on the validation split and draw what it does.
+
+Scores are RMSE and MAE in pixels over the ORIGINAL observed labels of the validation
+rows (never an imputed value), overall and per keypoint, next to the mean-face baseline
+on the same rows. ``metrics.json`` feeds ``dvc metrics``; the PNGs feed ``dvc plots`` and
+the MLflow run the train stage opened.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fkp import atomic
+from fkp.metrics import mean_face, score
+from fkp.params import Params
+from fkp.prepare import SPLIT_JSON, TRAIN_NPZ, load_train
+from fkp.split import load_split
+
+
+def metrics_summary(predictions: np.ndarray, labels: np.ndarray, train_labels: np.ndarray) -> dict:
+    """The ``metrics.json`` content: model scores, baseline, per-keypoint RMSE."""
+    result = score(predictions, labels)
+    baseline = score(np.broadcast_to(mean_face(train_labels), labels.shape), labels)
+    return {
+        "val_rmse": round(result["rmse"], 4),
+        "val_mae": round(result["mae"], 4),
+        "mean_face_rmse": round(baseline["rmse"], 4),
+        "n_val_faces": result["n_faces"],
+        "n_val_coordinates": result["n_coordinates"],
+        "per_keypoint_rmse": {k: round(v["rmse"], 4) for k, v in result["per_keypoint"].items()},
+    }
+
+
+def predict_validation(model_ref: str | Path, prepared_dir: str | Path, *, tta_flip: bool) -> dict:
+    """Predict the validation rows with a model path or MLflow URI and score them."""
+    from fkp.predict import load_model, predict_keypoints
+
+    prepared_dir = Path(prepared_dir)
+    data = load_train(prepared_dir / TRAIN_NPZ)
+    split = load_split(prepared_dir / SPLIT_JSON)
+    model = load_model(model_ref)
+    predictions = predict_keypoints(model, data.images[split.val], tta_flip=tta_flip)
+    return {
+        "images": data.images[split.val],
+        "labels": data.keypoints[split.val],
+        "predictions": predictions,
+        "metrics": metrics_summary(predictions, data.keypoints[split.val], data.keypoints[split.train]),
+    }
+
+
+def score_model_uri(model_ref: str, prepared_dir: str | Path, *, tta_flip: bool) -> float:
+    """Validation RMSE of any model on the current split (used to re-score an old champion)."""
+    return float(predict_validation(model_ref, prepared_dir, tta_flip=tta_flip)["metrics"]["val_rmse"])
+
+
+def run_evaluate(
+    params: Params,
+    *,
+    model_path: str | Path = "models/model.keras",
+    prepared_dir: str | Path = "data/prepared",
+    run_file: str | Path = "reports/train/run.json",
+    history_path: str | Path = "reports/train/history.csv",
+    metrics_out: str | Path = "metrics.json",
+    plots_dir: str | Path = "reports/eval",
+) -> dict:
+    """Write metrics.json, the per-keypoint table and three pictures; log them to the training run."""
+    from fkp import tracking
+    from fkp.plots import plot_face_grid, plot_keypoint_errors, plot_learning_curves
+    from fkp.train import read_run_file
+
+    plots_dir = Path(plots_dir)
+    result = predict_validation(model_path, prepared_dir, tta_flip=params.train.tta_flip)
+    metrics = result["metrics"]
+    atomic.write_text(metrics_out, json.dumps(metrics, indent=2) + "\n")
+    table = pd.DataFrame(
+        [{"keypoint": k, "rmse": v} for k, v in metrics["per_keypoint_rmse"].items()]
+    ).sort_values("rmse", ascending=False)
+    with atomic.atomic_path(plots_dir / "per_keypoint.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    pictures = [
+        plot_learning_curves(history_path, plots_dir / "learning_curves.png"),
+        plot_face_grid(
+            result["images"],
+            result["labels"],
+            plots_dir / "val_faces.png",
+            predictions=result["predictions"],
+            title=f"validation faces: true (green) vs predicted (red), RMSE {metrics['val_rmse']:.2f} px",
+        ),
+        plot_keypoint_errors(metrics["per_keypoint_rmse"], plots_dir / "keypoint_errors.png"),
+    ]
+    run = read_run_file(run_file)
+    tracking.configure(experiment=params.mlflow.experiment)
+    with tracking.start_run("evaluate", params, run_id=run["run_id"]):
+        tracking.log_metrics_dict({k: v for k, v in metrics.items() if k != "per_keypoint_rmse"})
+        tracking.log_metrics_dict({"val_rmse": metrics["per_keypoint_rmse"]})
+        tracking.log_pictures([*pictures, plots_dir / "per_keypoint.csv"])
+    print(
+        f"validation RMSE {metrics['val_rmse']:.3f} px, MAE {metrics['val_mae']:.3f} px "
+        f"(mean face {metrics['mean_face_rmse']:.3f} px) on {metrics['n_val_faces']} faces"
+    )
+    return metrics

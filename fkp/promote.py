@@ -1,0 +1,46 @@
+"""Stage: register the trained model and move the ``champion`` alias only if it is better.
+
+The candidate's validation RMSE comes from ``metrics.json`` (evaluate stage). A champion
+scored on another split is re-scored on this run's split before the comparison, so the
+alias only ever moves on a like-for-like improvement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fkp import atomic
+from fkp.params import Params
+
+
+def run_register(
+    params: Params,
+    *,
+    run_file: str | Path = "reports/train/run.json",
+    metrics_path: str | Path = "metrics.json",
+    prepared_dir: str | Path = "data/prepared",
+    out: str | Path = "reports/registry.json",
+) -> dict:
+    """Register the run's model as a version of ``params.mlflow.registered_model``; write the decision."""
+    from fkp import tracking
+    from fkp.evaluate import score_model_uri
+    from fkp.registry import promote_if_better
+    from fkp.train import read_run_file
+
+    run = read_run_file(run_file)
+    metrics = json.loads(Path(metrics_path).read_text())
+    tracking.configure(experiment=params.mlflow.experiment)
+    decision = promote_if_better(
+        run["model_uri"],
+        run["run_id"],
+        float(metrics["val_rmse"]),
+        run["split_id"],
+        name=params.mlflow.registered_model,
+        score_champion=lambda uri: score_model_uri(uri, prepared_dir, tta_flip=params.train.tta_flip),
+    )
+    record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
+    atomic.write_text(out, json.dumps(record, indent=2) + "\n")
+    verdict = "is the new champion" if decision.promoted else "did not take the champion alias"
+    print(f"{params.mlflow.registered_model} v{decision.version} {verdict}: {decision.reason}")
+    return record

@@ -1,0 +1,116 @@
+"""Stage: train the CNN on the prepared cache and record the run in MLflow.
+
+Inputs are the cached pixels, the fixed split and the imputed training targets;
+validation targets are always the original labels (NaN where nobody labelled), so the
+early-stopping score and the reported score are honest whatever the imputation.
+Outputs: the ``.keras`` model, the per-epoch history CSV, the logged MLflow model and a
+small JSON that hands the run to the evaluate and register stages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fkp import atomic
+from fkp.impute import load_targets
+from fkp.params import Params
+from fkp.prepare import SPLIT_JSON, TRAIN_NPZ, load_train
+from fkp.split import load_split
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    model_uri: str
+    best_epoch: int
+    best_val_rmse: float
+    seconds: float
+
+
+def write_history(path: str | Path, history: dict[str, list[float]]) -> None:
+    """Per-epoch history as CSV (the DVC plots source), epochs counted from 1."""
+    df = pd.DataFrame(history)
+    df.insert(0, "epoch", np.arange(1, len(df) + 1))
+    with atomic.atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def run_train(
+    params: Params,
+    *,
+    prepared_dir: str | Path = "data/prepared",
+    targets_path: str | Path = "data/prepared/targets.npz",
+    model_out: str | Path = "models/model.keras",
+    history_out: str | Path = "reports/train/history.csv",
+    run_file: str | Path = "reports/train/run.json",
+    raw_dir: str | Path | None = None,
+) -> TrainOutcome:
+    """Fit ``params.model`` with ``params.train`` and log everything to a new MLflow run."""
+    from fkp import tracking
+    from fkp.fit import fit_model
+    from fkp.mlflow_callback import MlflowEpochLogger
+    from fkp.serving import log_keypoint_model
+
+    prepared_dir = Path(prepared_dir)
+    data = load_train(prepared_dir / TRAIN_NPZ)
+    split = load_split(prepared_dir / SPLIT_JSON)
+    rows, targets, strategy = load_targets(targets_path)
+    if strategy != params.impute.strategy:
+        raise ValueError(
+            f"{targets_path} was imputed with {strategy!r} but params say impute.strategy="
+            f"{params.impute.strategy!r}: run the impute stage again"
+        )
+    x_train, y_train = data.images[rows], targets
+    x_val, y_val = data.images[split.val], data.keypoints[split.val]
+    tracking.configure(experiment=params.mlflow.experiment)
+    run_name = f"{params.model.arch}-{strategy}"
+    tags = {"fkp.split_id": split.split_id, "fkp.split_by_group": split.by_group}
+    start = time.perf_counter()
+    with tracking.start_run(run_name, params, tags=tags, raw_dir=raw_dir) as run:
+        run_id = run.info.run_id
+        tracking.log_split(prepared_dir / SPLIT_JSON)
+        print(
+            f"training {params.model.arch} on {len(x_train)} faces ({strategy}), "
+            f"validating on {len(x_val)} (split {split.split_id}); MLflow run {run_id}"
+        )
+        result = fit_model(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            params.model,
+            params.train,
+            callbacks=[MlflowEpochLogger(run_id)],
+        )
+        with atomic.atomic_path(model_out) as tmp:
+            result.model.save(tmp)
+        write_history(history_out, result.history)
+        seconds = time.perf_counter() - start
+        best_val_rmse = float(result.best_val_rmse)
+        tracking.log_metrics_dict(
+            {"best_val_rmse": best_val_rmse, "best_epoch": result.best_epoch, "train_seconds": seconds}
+        )
+        info = log_keypoint_model(
+            Path(model_out), tta_flip=params.train.tta_flip, input_example_images=data.images[split.val[:2]]
+        )
+        atomic.write_text(
+            run_file,
+            json.dumps({"run_id": run_id, "model_uri": info.model_uri, "split_id": split.split_id}, indent=2)
+            + "\n",
+        )
+    print(f"best epoch {result.best_epoch}: val RMSE {best_val_rmse:.3f} px ({seconds:.0f} s)")
+    return TrainOutcome(run_id, info.model_uri, result.best_epoch, best_val_rmse, seconds)
+
+
+def read_run_file(path: str | Path) -> dict[str, str]:
+    """The run hand-over written by :func:`run_train`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training run recorded (run `fkp train` first)")
+    return json.loads(path.read_text())

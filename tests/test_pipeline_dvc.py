@@ -1,0 +1,86 @@
+"""End to end: `dvc repro` of the whole pipeline in a fresh copy of the project, on a tiny sample."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+STAGES = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
+
+
+def dvc(*args: str, cwd) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> set[str]:
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_nothing(project_copy):
+    first = dvc("repro", cwd=project_copy)
+    assert ran(first) == set(STAGES)
+
+    metrics = json.loads((project_copy / "metrics.json").read_text())
+    assert metrics["val_rmse"] > 0 and len(metrics["per_keypoint_rmse"]) == 15
+    history = pd.read_csv(project_copy / "reports/train/history.csv")
+    assert list(history["epoch"]) == [1, 2] and {"loss", "val_rmse"} <= set(history.columns)
+    for png in ("learning_curves", "val_faces", "keypoint_errors"):
+        assert (project_copy / f"reports/eval/{png}.png").stat().st_size > 1000
+    submission = pd.read_csv(project_copy / "reports/predict/submission.csv")
+    lookup = pd.read_csv(project_copy / "data/raw/sample/IdLookupTable.csv")
+    assert list(submission.columns) == ["RowId", "Location"] and len(submission) == len(lookup)
+    registry = json.loads((project_copy / "reports/registry.json").read_text())
+    assert registry["promoted"] is True  # first model of a fresh registry
+
+    mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
+    champion = mlflow.MlflowClient().get_model_version_by_alias("facial-keypoints-cnn", "champion")
+    assert str(champion.version) == str(registry["version"])
+
+    second = dvc("repro", cwd=project_copy)
+    assert ran(second) == set(), second
+
+    # a training knob reruns training and what follows it, never the data stages
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = dvc("repro", cwd=project_copy)
+    assert ran(third) == {"train", "evaluate", "register", "predict"}
+    assert "val_rmse" in dvc("metrics", "show", cwd=project_copy)
+    assert "train.lr" in dvc("params", "diff", cwd=project_copy)
+
+
+@pytest.mark.slow
+def test_source_switch_and_failed_validation_keeps_outputs(project_copy):
+    """data.source=kaggle reads data/raw/kaggle; a bad file there stops the run at validation."""
+    kaggle = project_copy / "data/raw/kaggle"
+    subprocess.run([sys.executable, "-m", "fkp.cli", "sample", "--out", str(kaggle)], check=True)
+    params = yaml.safe_load((project_copy / "params.yaml").read_text())
+    params["data"]["source"] = "kaggle"
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc("repro", "prepare", cwd=project_copy)
+    assert "data/raw/kaggle" in out
+    cached = (project_copy / "data/prepared/train.npz").read_bytes()
+
+    csv = kaggle / "training.csv"
+    lines = csv.read_text().splitlines()
+    lines[5] = lines[5].rsplit(" ", 1)[0] + " 300"  # data row 5: a pixel outside 0..255
+    csv.write_text("\n".join(lines) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=project_copy, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "training.csv" in out and "row 5" in out and "Image" in out
+    assert "Running stage 'prepare'" not in out
+    assert (project_copy / "data/prepared/train.npz").read_bytes() == cached
