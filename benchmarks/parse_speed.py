@@ -49,29 +49,43 @@ def _full_size_csv(folder: Path) -> Path:
     return path
 
 
+def measure_parse(csv: Path | None = None, repeat: int = 3) -> dict[str, float]:
+    """Seconds for the naive parse, fkp's parse, the whole CSV read and the cache load."""
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = csv or _full_size_csv(Path(tmp))
+        fields = pd.read_csv(csv, usecols=["Image"], dtype=str)["Image"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            naive = _best_of(repeat, lambda: fields.apply(lambda s: np.fromstring(s, sep=" ")))
+        strings = fields.tolist()
+        fast = _best_of(repeat, lambda: parse_images(strings))
+        whole = _best_of(repeat, lambda: read_training(csv))
+        npz = Path(tmp) / "train.npz"
+        save_train(npz, read_training(csv))
+        cache = _best_of(repeat, lambda: load_train(npz))
+        size_mb = csv.stat().st_size / 1e6
+    return {
+        "rows": len(strings),
+        "size_mb": size_mb,
+        "naive_s": naive,
+        "fkp_s": fast,
+        "speedup": naive / fast,
+        "read_training_s": whole,
+        "cache_load_s": cache,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--csv", type=Path, help="a Kaggle-format training.csv (default: generate 7049 rows)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = args.csv or _full_size_csv(Path(tmp))
-        size_mb = csv.stat().st_size / 1e6
-        fields = pd.read_csv(csv, usecols=["Image"], dtype=str)["Image"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            naive = _best_of(args.repeat, lambda: fields.apply(lambda s: np.fromstring(s, sep=" ")))
-        strings = fields.tolist()
-        fast = _best_of(args.repeat, lambda: parse_images(strings))
-        whole = _best_of(args.repeat, lambda: read_training(csv))
-        npz = Path(tmp) / "train.npz"
-        save_train(npz, read_training(csv))
-        cache = _best_of(args.repeat, lambda: load_train(npz))
-    print(f"file: {csv.name}, {len(strings)} rows, {size_mb:.0f} MB (best of {args.repeat})")
-    print(f"naive apply(np.fromstring): {naive:6.2f} s")
-    print(f"fkp parse_images:           {fast:6.2f} s   ({naive / fast:.1f}x faster)")
-    print(f"fkp read_training (CSV+parse): {whole:6.2f} s")
-    print(f"prepared .npz cache load:    {cache:6.2f} s")
+    r = measure_parse(args.csv, args.repeat)
+    print(f"{r['rows']} rows, {r['size_mb']:.0f} MB (best of {args.repeat})")
+    print(f"naive apply(np.fromstring):    {r['naive_s']:6.2f} s")
+    print(f"fkp parse_images:              {r['fkp_s']:6.2f} s   ({r['speedup']:.1f}x faster)")
+    print(f"fkp read_training (CSV+parse): {r['read_training_s']:6.2f} s")
+    print(f"prepared .npz cache load:      {r['cache_load_s']:6.2f} s")
 
 
 if __name__ == "__main__":

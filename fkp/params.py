@@ -39,14 +39,19 @@ class ImputeParams:
 
 @dataclass(frozen=True)
 class ModelParams:
-    arch: str = "seed"
-    width: int = 32
+    arch: str = "lean"  # lean | seed
+    width: int = 24  # channels of the first conv (seed: of the first conv pair)
+    depth: int = 2  # lean: separable blocks per stage
+    head: str = "dense"  # lean: dense | softargmax
+    head_channels: int = 32  # lean: channels of the head conv
     dropout: float = 0.1
 
 
 @dataclass(frozen=True)
 class AugmentParams:
+    enabled: bool = True
     flip: bool = True
+    mirror_x: float = 97.3  # a mirrored image maps keypoint x to mirror_x - x (96: pixel i spans [i, i+1))
     shift_px: float = 3.0
     rotate_deg: float = 10.0
     scale: float = 0.05
@@ -56,12 +61,14 @@ class AugmentParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 40
+    epochs: int = 80
     batch_size: int = 64
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # cosine | constant
-    weight_decay: float = 1e-4
-    patience: int = 10
+    lr: float = 6e-3
+    lr_schedule: str = "cosine"  # cosine (after linear warm-up) | constant
+    warmup_epochs: int = 2
+    weight_decay: float = 1e-2
+    loss: str = "mse"  # mse | mae (both masked: missing targets are ignored)
+    patience: int = 25
     seed: int = 42
     tta_flip: bool = True
     augment: AugmentParams = field(default_factory=AugmentParams)

@@ -23,6 +23,7 @@ import pandas as pd
 from fkp.atomic import atomic_path
 from fkp.errors import DataError
 from fkp.images import to_model_input
+from fkp.inference import Predictor, compile_predictor, predict_batches
 from fkp.kaggle_csv import read_id_lookup, read_test, submission_from_predictions, write_submission
 from fkp.keypoints import COORD_COLUMNS, IMAGE_SIZE, N_COORDS
 
@@ -102,6 +103,16 @@ def resolve_model(model_ref: Any) -> keras.Model:
 # --------------------------------------------------------------------------- prediction
 
 
+def _predictor(model: keras.Model, tta_flip: bool) -> Predictor:
+    """The model's compiled forward pass, built once per model and mode (serving calls it often)."""
+    from fkp.models import model_mirror_x
+
+    cache = model.__dict__.setdefault("_fkp_predictors", {})
+    if tta_flip not in cache:
+        cache[tta_flip] = compile_predictor(model, tta_flip=tta_flip, mirror_x=model_mirror_x(model))
+    return cache[tta_flip]
+
+
 def predict_model_input(
     model: keras.Model, x: np.ndarray, *, tta_flip: bool = True, batch_size: int = 256
 ) -> np.ndarray:
@@ -115,13 +126,7 @@ def predict_model_input(
         raise ValueError(f"model input must have shape (n, 96, 96, 1), got {x.shape}")
     if len(x) == 0:
         return np.empty((0, N_COORDS), dtype=np.float32)
-    if tta_flip:
-        from fkp.models import predict_with_flip
-
-        out = predict_with_flip(model, x, batch_size=batch_size)
-    else:
-        out = model.predict(x, batch_size=batch_size, verbose=0)
-    out = np.asarray(out, dtype=np.float32)
+    out = predict_batches(_predictor(model, tta_flip), x, batch_size)
     if out.shape != (len(x), N_COORDS):
         raise ValueError(f"model output has shape {out.shape}, expected ({len(x)}, {N_COORDS})")
     return out

@@ -1,0 +1,123 @@
+"""Batch augmentation in TensorFlow: the same random affine moves the pixels and the keypoints.
+
+Everything works on a whole batch at once (one projective-transform op for the images, one
+matrix product for the keypoints) so it runs inside ``tf.data`` without per-image Python.
+Randomness is stateless: a batch's augmentation depends only on its ``seed`` tensor, which
+makes training reproducible.
+
+Pixel convention: the centre of pixel column ``i`` has x coordinate ``i + PIXEL_CENTER``
+(likewise for rows and y). A horizontal mirror therefore maps x to ``MIRROR_X - x``;
+flip augmentation and test-time flip averaging both use this one definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from fkp.keypoints import IMAGE_SIZE, N_KEYPOINTS, flip_permutation
+from fkp.params import AugmentParams
+
+PIXEL_CENTER = 0.5
+#: x of a point after mirroring the image: ``MIRROR_X - x`` (= 96 with centres at i + 0.5).
+MIRROR_X = IMAGE_SIZE - 1 + 2 * PIXEL_CENTER
+# centre of rotation/scaling, in pixel-index coordinates (where pixel i sits at i)
+_CENTRE = (IMAGE_SIZE - 1) / 2.0
+
+
+def flip_keypoints(keypoints: np.ndarray) -> np.ndarray:
+    """Keypoints of the horizontally mirrored image: x mirrored, left/right names swapped."""
+    out = np.array(keypoints, dtype=np.float32, copy=True)
+    out[..., 0::2] = MIRROR_X - out[..., 0::2]
+    return out[..., flip_permutation()]
+
+
+def _uniform(shape, seed, limit: float) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed, minval=-limit, maxval=limit)
+
+
+def random_affines(batch_size, seed, params: AugmentParams) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Per-image forward affine ``p' = A (p - c) + c + t`` in pixel-index coordinates.
+
+    Returns ``A`` (B, 2, 2), ``t`` (B, 2) and ``flipped`` (B,) bool. ``A`` folds together an
+    optional mirror, a rotation of up to ``rotate_deg`` and a scale of up to ``1 ± scale``.
+    """
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    if params.flip:
+        flipped = tf.random.stateless_uniform([batch_size], seeds[0]) < 0.5
+    else:
+        flipped = tf.zeros([batch_size], tf.bool)
+    mirror = tf.where(flipped, -1.0, 1.0)
+    angle = _uniform([batch_size], seeds[1], params.rotate_deg * math.pi / 180.0)
+    scale = 1.0 + _uniform([batch_size], seeds[2], params.scale)
+    shift = _uniform([batch_size, 2], seeds[3], params.shift_px)
+    cos, sin = tf.cos(angle) * scale, tf.sin(angle) * scale
+    # A = scale * R(angle) @ diag(mirror, 1)
+    a = tf.stack([tf.stack([cos * mirror, -sin], -1), tf.stack([sin * mirror, cos], -1)], -2)
+    return a, shift, flipped
+
+
+def transform_keypoints(
+    keypoints: tf.Tensor, a: tf.Tensor, t: tf.Tensor, flipped: tf.Tensor, mirror_x: float = MIRROR_X
+) -> tf.Tensor:
+    """Apply the affines to (B, 30) pixel keypoints; NaN (missing) stays NaN, mirrored rows swap sides.
+
+    A mirrored row maps x to ``mirror_x - x`` before rotation, scaling and shift.
+    """
+    points = tf.reshape(keypoints, [-1, N_KEYPOINTS, 2]) - (PIXEL_CENTER + _CENTRE)
+    # the geometric mirror sends x to MIRROR_X - x; shifting x first by the difference gives mirror_x - x
+    label_shift = tf.where(flipped, MIRROR_X - mirror_x, 0.0)
+    points = points + tf.stack([label_shift, tf.zeros_like(label_shift)], -1)[:, None, :]
+    moved = tf.einsum("bij,bkj->bki", a, points) + (_CENTRE + PIXEL_CENTER) + t[:, None, :]
+    moved = tf.reshape(moved, tf.shape(keypoints))
+    swapped = tf.gather(moved, flip_permutation(), axis=1)
+    return tf.where(flipped[:, None], swapped, moved)
+
+
+def transform_images(images: tf.Tensor, a: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
+    """Resample (B, 96, 96, C) images under the forward affines (bilinear, edges extended)."""
+    inv = tf.linalg.inv(a)
+    offset = _CENTRE + t  # p = inv (p' - c - t) + c
+    c0 = _CENTRE - (inv[:, 0, 0] * offset[:, 0] + inv[:, 0, 1] * offset[:, 1])
+    c1 = _CENTRE - (inv[:, 1, 0] * offset[:, 0] + inv[:, 1, 1] * offset[:, 1])
+    zeros = tf.zeros_like(c0)
+    # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2); x is the column
+    transforms = tf.stack(
+        [inv[:, 0, 0], inv[:, 0, 1], c0, inv[:, 1, 0], inv[:, 1, 1], c1, zeros, zeros], axis=1
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+
+
+def adjust_intensity(images: tf.Tensor, seed, params: AugmentParams) -> tf.Tensor:
+    """Random per-image contrast (about the image mean) and brightness shift, clipped to 0..1."""
+    if params.brightness <= 0 and params.contrast <= 0:
+        return images
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    shape = [tf.shape(images)[0], 1, 1, 1]
+    contrast = 1.0 + _uniform(shape, seeds[0], params.contrast)
+    brightness = _uniform(shape, seeds[1], params.brightness)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    return tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
+
+
+def augment_batch(
+    images: tf.Tensor, keypoints: tf.Tensor, seed, params: AugmentParams
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Augment a batch: (B, 96, 96, 1) float images in 0..1 and (B, 30) pixel keypoints.
+
+    ``seed`` is a shape-(2,) integer tensor; the same seed gives the same augmentation.
+    """
+    geometry_seed, intensity_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    a, t, flipped = random_affines(tf.shape(images)[0], geometry_seed, params)
+    images = transform_images(images, a, t)
+    keypoints = transform_keypoints(keypoints, a, t, flipped, params.mirror_x)
+    return adjust_intensity(images, intensity_seed, params), keypoints
