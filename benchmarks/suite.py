@@ -245,7 +245,8 @@ def render(
 
 def _describe(params: Params) -> str:
     m, t = params.model, params.train
-    return f"{params.impute.strategy} + {m.arch} CNN (width {m.width}), {t.loss}, augmentation, flip TTA"
+    tta = ", flip TTA" if t.tta_flip else ""
+    return f"{params.impute.strategy} + {m.arch} CNN (width {m.width}), masked {t.loss}, augmentation{tta}"
 
 
 def _target(label: str, measured: str, ok: bool) -> str:

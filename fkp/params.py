@@ -70,7 +70,7 @@ class TrainParams:
     loss: str = "mse"  # mse | mae (both masked: missing targets are ignored)
     patience: int = 25
     seed: int = 42
-    tta_flip: bool = True
+    tta_flip: bool = False  # flip averaging: ~0.07 px better, half the inference speed
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
