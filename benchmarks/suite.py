@@ -175,8 +175,8 @@ def render(
             f"{s_def['size_mb'] / s_seed['size_mb']:.2f}x",
         ),
         "",
-        f"Inference runs the saved Keras model through `{p_def}` for the default config (flip averaging "
-        f"means two forward passes per face) and `{p_seed}` for the seed recipe, as each is served.",
+        f"Inference runs the saved Keras model through `{p_def}` for the default config and `{p_seed}` "
+        "for the seed recipe, as each is served (flip averaging, when on, costs two forward passes).",
         "",
         "## Targets",
         "",
