@@ -313,13 +313,13 @@ def log_pictures(paths: Iterable[str | Path]) -> None:
 # --------------------------------------------------------------------------- run hand-over
 
 
-def write_run_id(path: str | Path, run_id: str) -> None:
-    """Record ``run_id`` (JSON, written atomically) for the stages that continue this run."""
-    atomic.write_text(path, json.dumps({"run_id": run_id}, indent=2) + "\n")
+def write_run_id(path: str | Path, run_id: str, **details: str) -> None:
+    """Record ``run_id`` (plus ``details`` such as the model URI; JSON, atomic) for later stages."""
+    atomic.write_text(path, json.dumps({"run_id": run_id, **details}, indent=2) + "\n")
 
 
-def read_run_id(path: str | Path) -> str:
-    """Read the run id written by :func:`write_run_id`; a clear error names the file otherwise."""
+def read_handoff(path: str | Path) -> dict[str, Any]:
+    """Read what :func:`write_run_id` wrote; a clear error names the file otherwise."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
@@ -330,4 +330,9 @@ def read_run_id(path: str | Path) -> str:
     run_id = payload.get("run_id") if isinstance(payload, dict) else None
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"{path}: field 'run_id' is missing or not a non-empty string")
-    return run_id
+    return payload
+
+
+def read_run_id(path: str | Path) -> str:
+    """The run id recorded by :func:`write_run_id`."""
+    return read_handoff(path)["run_id"]

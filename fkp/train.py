@@ -9,7 +9,6 @@ small JSON that hands the run to the evaluate and register stages.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,18 +98,13 @@ def run_train(
         info = log_keypoint_model(
             Path(model_out), tta_flip=params.train.tta_flip, input_example_images=data.images[split.val[:2]]
         )
-        atomic.write_text(
-            run_file,
-            json.dumps({"run_id": run_id, "model_uri": info.model_uri, "split_id": split.split_id}, indent=2)
-            + "\n",
-        )
+        tracking.write_run_id(run_file, run_id, model_uri=info.model_uri, split_id=split.split_id)
     print(f"best epoch {result.best_epoch}: val RMSE {best_val_rmse:.3f} px ({seconds:.0f} s)")
     return TrainOutcome(run_id, info.model_uri, result.best_epoch, best_val_rmse, seconds)
 
 
 def read_run_file(path: str | Path) -> dict[str, str]:
-    """The run hand-over written by :func:`run_train`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no training run recorded (run `fkp train` first)")
-    return json.loads(path.read_text())
+    """The run hand-over written by :func:`run_train` (run id, model URI, split id)."""
+    from fkp import tracking
+
+    return tracking.read_handoff(path)

@@ -35,11 +35,8 @@ Behaviour worth knowing:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,7 @@ from prefect.runtime import flow_run
 
 from fkp import fingerprint as fp
 from fkp import tracking
+from fkp.envvars import env_var
 from fkp.lock import REGISTRY_LOCK, RETRAIN_LOCK, file_lock
 from fkp.params import Params, load_params
 
@@ -71,19 +69,6 @@ SKIP_MESSAGE = "no new data and no changed params: skipping training"
 
 class RawDataInvalid(Exception):
     """The raw data failed validation; the message is the full validation summary."""
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 # --------------------------------------------------------------------------- tasks
@@ -224,7 +209,7 @@ def retrain(
     raw = Path(raw_dir) if raw_dir else Path("data/raw") / params.data.source
     summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "raw_dir": raw.as_posix()}
     with (
-        _environment(tracking.ENTRYPOINT_ENV, "prefect"),
+        env_var(tracking.ENTRYPOINT_ENV, "prefect"),
         file_lock(
             RETRAIN_LOCK, timeout=lock_timeout, owner=f"retrain flow run {flow_run.id}", on_wait=logger.info
         ),

@@ -49,7 +49,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from fkp import tracking
+from fkp.envvars import env_var
 from fkp.lock import REGISTRY_LOCK, file_lock
 from fkp.params import Params, from_dict, load_params
 
@@ -220,22 +221,9 @@ def build_task_runner(
 # --------------------------------------------------------------------------- tasks
 
 
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
 def _prefect_entrypoint() -> contextlib.AbstractContextManager[None]:
     """MLflow runs opened here record ``fkp.entrypoint=prefect`` (the task may run in a worker process)."""
-    return _environment(tracking.ENTRYPOINT_ENV, "prefect")
+    return env_var(tracking.ENTRYPOINT_ENV, "prefect")
 
 
 def _workers_report_here() -> contextlib.AbstractContextManager[None]:
@@ -250,7 +238,7 @@ def _workers_report_here() -> contextlib.AbstractContextManager[None]:
 
     if PREFECT_API_URL.value():
         return contextlib.nullcontext()
-    return _environment("PREFECT_API_URL", str(get_run_context().client.api_url).rstrip("/"))
+    return env_var("PREFECT_API_URL", str(get_run_context().client.api_url).rstrip("/"))
 
 
 @task(name="prepare", cache_policy=NO_CACHE, log_prints=True)

@@ -128,7 +128,8 @@ def test_run_outside_git_has_no_commit_and_defaults_to_cli(
 def test_resumed_run_gains_metrics_and_keeps_training_params(
     experiment: str, raw_dir: Path, tmp_path: Path
 ) -> None:
-    with tracking.start_run("train", Params(), raw_dir=raw_dir) as run:
+    trained = from_dict({"train": {"tta_flip": True}})
+    with tracking.start_run("train", trained, raw_dir=raw_dir) as run:
         tracking.log_metrics_dict({"train_loss": 1.5})
     handoff = tmp_path / "run.json"
     tracking.write_run_id(handoff, run.info.run_id)
