@@ -62,7 +62,9 @@ def test_no_augmentation_is_identity():
 
 
 def test_flip_moves_dot_and_swaps_left_right():
-    params = AugmentParams(flip=True, shift_px=0.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0)
+    params = AugmentParams(
+        flip=True, shift_px=0.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, mirror_x=MIRROR_X
+    )
     seed = flipping_seed(params, want=True)
     image, keypoints = dot_image(30, 70), dot_keypoints(30, 70)
     out_image, out_keypoints = run(image, keypoints, params, seed=seed)
@@ -89,7 +91,15 @@ def test_double_flip_is_identity():
         AugmentParams(flip=False, shift_px=6.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0),
         AugmentParams(flip=False, shift_px=0.0, rotate_deg=25.0, scale=0.0, brightness=0.0, contrast=0.0),
         AugmentParams(flip=False, shift_px=0.0, rotate_deg=0.0, scale=0.2, brightness=0.0, contrast=0.0),
-        AugmentParams(flip=True, shift_px=5.0, rotate_deg=20.0, scale=0.15, brightness=0.0, contrast=0.0),
+        AugmentParams(
+            flip=True,
+            shift_px=5.0,
+            rotate_deg=20.0,
+            scale=0.15,
+            brightness=0.0,
+            contrast=0.0,
+            mirror_x=MIRROR_X,
+        ),
     ],
     ids=["shift", "rotate", "scale", "all"],
 )

@@ -12,7 +12,7 @@ from fkp.keypoints import IMAGE_SIZE
 from fkp.params import AugmentParams, ModelParams, TrainParams
 
 MODEL = ModelParams(arch="lean", width=8, depth=1, head="dense", head_channels=8)
-TRAIN = TrainParams(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=1, patience=5, seed=7)
+TRAIN = TrainParams(epochs=2, batch_size=16, lr=3e-3, warmup_epochs=1, patience=5, seed=7, tta_flip=True)
 
 
 def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
