@@ -95,8 +95,11 @@ def run_evaluate(
     run = read_run_file(run_file)
     tracking.configure(experiment=params.mlflow.experiment)
     with tracking.start_run("evaluate", params, run_id=run["run_id"]):
-        tracking.log_metrics_dict({k: v for k, v in metrics.items() if k != "per_keypoint_rmse"})
-        tracking.log_metrics_dict({"val_rmse": metrics["per_keypoint_rmse"]})
+        # logged one step after the last epoch, so the run's latest val_rmse is the evaluated
+        # (best-weights) score, not the last epoch's
+        step = len(pd.read_csv(history_path))
+        tracking.log_metrics_dict({k: v for k, v in metrics.items() if k != "per_keypoint_rmse"}, step=step)
+        tracking.log_metrics_dict({"val_rmse": metrics["per_keypoint_rmse"]}, step=step)
         tracking.log_pictures([*pictures, plots_dir / "per_keypoint.csv"])
     print(
         f"validation RMSE {metrics['val_rmse']:.3f} px, MAE {metrics['val_mae']:.3f} px "

@@ -46,6 +46,9 @@ def test_dvc_repro_runs_every_stage_then_nothing(project_copy):
     mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
     champion = mlflow.MlflowClient().get_model_version_by_alias("facial-keypoints-cnn", "champion")
     assert str(champion.version) == str(registry["version"])
+    # the latest val_rmse of the run is the evaluated score, not the last epoch's
+    run = mlflow.MlflowClient().get_run(champion.run_id)
+    assert run.data.metrics["val_rmse"] == pytest.approx(metrics["val_rmse"], abs=1e-3)
 
     second = dvc("repro", cwd=project_copy)
     assert ran(second) == set(), second
