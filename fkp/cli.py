@@ -8,6 +8,7 @@ inside the handlers, so ``fkp --help`` and the data tools start instantly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -15,8 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fkp.errors import DataError
+from fkp.lock import LockBusyError, pipeline_lock
 
 Handler = Callable[[argparse.Namespace], int]
+
+#: the commands that are DVC stages: each runs inside the pipeline's lease (fkp.lock.pipeline_lock)
+PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
+#: seconds a pipeline step waits for another run to finish (unset: as long as it takes; 0: not at all)
+LOCK_TIMEOUT_ENV = "FKP_LOCK_TIMEOUT"
 
 
 def _params(args: argparse.Namespace):
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Handler, help_: str, parent=sub) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_, description=help_)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, pipeline_step=name in PIPELINE_STEPS)
         return p
 
     p = add("sample", cmd_sample, "write a synthetic sample in the exact Kaggle CSV format")
@@ -204,12 +211,30 @@ def _show_progress() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _pipeline_lease(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """The pipeline's lease for a pipeline step, shared with the ``dvc repro`` or flow running it."""
+    if not getattr(args, "pipeline_step", False):
+        return contextlib.nullcontext()
+    # A stage under DVC refuses at once: waiting would hold DVC's locks on its files, which the run
+    # holding the pipeline needs. Alone, a step waits for the other run to finish.
+    timeout = os.environ.get(LOCK_TIMEOUT_ENV) or ("0" if os.environ.get("DVC_STAGE") else "")
+    return pipeline_lock(
+        owner=f"fkp {args.command}",  # under DVC, the lease is the dvc process's and named after it
+        timeout=float(timeout) if timeout else None,
+        on_wait=lambda message: print(f"fkp {args.command}: {message}", file=sys.stderr, flush=True),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_progress()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     try:
-        return args.handler(args)
+        with _pipeline_lease(args):
+            return args.handler(args)
+    except LockBusyError as exc:
+        print(f"fkp {args.command}: {exc}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again when the other run has finished
     except DataError as exc:
         print(f"fkp {args.command}: bad input: {exc}", file=sys.stderr)
         return 1
