@@ -1,6 +1,8 @@
 """Stage: register the trained model and move the ``champion`` alias only if it is better.
 
-The candidate's validation RMSE comes from ``metrics.json`` (evaluate stage). A champion
+The candidate's validation RMSE comes from ``metrics.json`` (evaluate stage). Registration holds
+the registry lock, so two runs never compare against the same champion at once, and is idempotent
+(a run already registered keeps its version). A champion
 scored on another split is re-scored on this run's split before the comparison, so the
 alias only ever moves on a like-for-like improvement.
 """
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 from fkp import atomic
+from fkp.lock import REGISTRY_LOCK, file_lock
 from fkp.params import Params
 
 
@@ -31,14 +34,15 @@ def run_register(
     run = read_run_file(run_file)
     metrics = json.loads(Path(metrics_path).read_text())
     tracking.configure(experiment=params.mlflow.experiment)
-    decision = promote_if_better(
-        run["model_uri"],
-        run["run_id"],
-        float(metrics["val_rmse"]),
-        run["split_id"],
-        name=params.mlflow.registered_model,
-        score_champion=lambda uri: score_model_uri(uri, prepared_dir, tta_flip=params.train.tta_flip),
-    )
+    with file_lock(REGISTRY_LOCK, owner=f"register run {run['run_id']}", on_wait=print):
+        decision = promote_if_better(
+            run["model_uri"],
+            run["run_id"],
+            float(metrics["val_rmse"]),
+            run["split_id"],
+            name=params.mlflow.registered_model,
+            score_champion=lambda uri: score_model_uri(uri, prepared_dir, tta_flip=params.train.tta_flip),
+        )
     record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
     atomic.write_text(out, json.dumps(record, indent=2) + "\n")
     verdict = "is the new champion" if decision.promoted else "did not take the champion alias"

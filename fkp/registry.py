@@ -143,6 +143,21 @@ def _record(client: MlflowClient, name: str, run_id: str, decision: PromotionDec
     client.log_text(run_id, json.dumps(decision.to_dict(), indent=2) + "\n", DECISION_ARTIFACT)
 
 
+def registered_version(client: MlflowClient, name: str, run_id: str) -> str | None:
+    """The version of ``name`` already registered from ``run_id`` (the lowest if several), or ``None``.
+
+    Registering is idempotent: a run registered twice (a rerun stage, a retried task) keeps one version.
+    """
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException as error:
+        if error.error_code in _NOT_FOUND:
+            return None
+        raise
+    versions = sorted(int(v.version) for v in found)
+    return str(versions[0]) if versions else None
+
+
 def promote_if_better(
     model_uri: str,
     run_id: str,
@@ -152,7 +167,9 @@ def promote_if_better(
     name: str = DEFAULT_MODEL_NAME,
     score_champion: Callable[[str], float] | None = None,
 ) -> PromotionDecision:
-    """Register ``model_uri`` as a new version of ``name`` and make it champion if it is strictly better.
+    """Register ``model_uri`` as a version of ``name`` and make it champion if it is strictly better.
+
+    A run that is already registered keeps its version (no second version of the same run).
 
     The champion's RMSE comes from its ``val_rmse`` tag when it was scored on ``split_id``; otherwise
     ``score_champion("models:/<name>@champion")`` re-scores it on the current split. Without a
@@ -162,10 +179,25 @@ def promote_if_better(
     """
     candidate_rmse = float(candidate_rmse)
     client = MlflowClient()
-    tags = {TAG_VAL_RMSE: repr(candidate_rmse), TAG_SPLIT_ID: split_id, TAG_SOURCE_RUN: run_id}
-    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    existing = registered_version(client, name, run_id)
+    if existing is None:
+        tags = {TAG_VAL_RMSE: repr(candidate_rmse), TAG_SPLIT_ID: split_id, TAG_SOURCE_RUN: run_id}
+        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    else:
+        version = existing
 
     champion = champion_info(name, client=client)
+    if existing is not None and champion is not None and champion["version"] == version:
+        decision = PromotionDecision(
+            False,
+            version,
+            candidate_rmse,
+            champion["val_rmse"],
+            version,
+            f"run {run_id} is already registered as v{version}, the champion; nothing to do",
+        )
+        _log.info("registry %s: %s", name, decision.reason)
+        return decision
     champion_rmse, how = (None, "")
     if champion is not None:
         champion_rmse, how = _champion_rmse(name, champion, split_id, score_champion)

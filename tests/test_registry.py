@@ -140,3 +140,20 @@ def test_only_strict_improvement_promotes(
     champion = {"version": "1", "run_id": "r", "val_rmse": champion_rmse, "split_id": "s"}
     decision = registry.decide("2", candidate_rmse, champion, champion_rmse, "recorded on the same split")
     assert decision.promoted is promoted
+
+
+def test_registering_the_same_run_twice_keeps_one_version(name: str) -> None:
+    client = MlflowClient()
+    uri, run1 = candidate(2.0)
+    first = registry.promote_if_better(uri, run1, 2.0, "split-a", name=name)
+    again = registry.promote_if_better(uri, run1, 2.0, "split-a", name=name)
+    assert first.promoted and not again.promoted
+    assert again.version == first.version == "1"
+    assert "already registered" in again.reason
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+
+    uri2, run2 = candidate(2.5)  # a registered run that is not champion: re-registering compares again
+    kept = registry.promote_if_better(uri2, run2, 2.5, "split-a", name=name)
+    kept_again = registry.promote_if_better(uri2, run2, 2.5, "split-a", name=name)
+    assert kept_again.version == kept.version == "2" and not kept_again.promoted
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'")) == ["1", "2"]
