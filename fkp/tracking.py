@@ -47,6 +47,12 @@ TAG_DATA_DIR = "fkp.data_dir"
 TAG_DATA_HASH = "fkp.data_hash"
 TAG_DVC_MD5 = "fkp.dvc_md5"
 TAG_FLOW_RUN = "fkp.flow_run_id"
+TAG_SWEEP = "fkp.sweep"
+TAG_VARIANT = "fkp.variant"
+TAG_DVC_EXP = "fkp.dvc_exp"
+#: set by the sweep flow for each variant's stage commands: the sweep (flow run id) and variant name
+SWEEP_ENV = "FKP_SWEEP_ID"
+VARIANT_ENV = "FKP_VARIANT"
 TAG_ENTRYPOINT = "fkp.entrypoint"
 TAG_RESUME_CONFLICTS = "fkp.resume_param_conflicts"
 
@@ -213,6 +219,9 @@ def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
     if (flow := flow_run_id()) is not None:
         tags[TAG_FLOW_RUN] = flow
     tags[TAG_ENTRYPOINT] = os.environ.get(ENTRYPOINT_ENV) or "cli"
+    for tag, env in ((TAG_SWEEP, SWEEP_ENV), (TAG_VARIANT, VARIANT_ENV), (TAG_DVC_EXP, "DVC_EXP_NAME")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
     return tags
 
 

@@ -1,257 +1,247 @@
-"""Prefect flow: retrain the keypoint model from raw data to the registry, on demand or on a schedule.
+"""Prefect flow: retrain the keypoint model by running the DVC pipeline, on demand or on a schedule.
 
-The tasks are the pipeline steps the CLI and the DVC stages run (same functions, same paths):
-sample (only when ``data.source`` is ``sample`` and its folder is missing) -> validate -> prepare ->
-impute -> train -> evaluate -> register. Run everything from the repository root::
+The flow has no steps of its own: ``dvc.yaml`` is the one definition of the DAG. The flow asks DVC for
+the stages in order (:mod:`fkp.pipeline`) and runs each as one Prefect task named after it, through DVC
+(``dvc repro --single-item <stage>``), so ``dvc.lock`` records the run and ``dvc status`` / ``dvc repro``
+agree with it afterwards. Run it from the repository root::
 
-    python flows/retrain.py run               # once; skipped when nothing changed since the last retrain
-    python flows/retrain.py run --force       # once, even if nothing changed
-    python flows/retrain.py run --no-wait     # fail at once if another retrain is running
+    python flows/retrain.py run                     # once; "Skipped" when DVC says nothing changed
+    python flows/retrain.py run --pull --push --git-branch retrain   # the full versioned loop
+    python flows/retrain.py run --no-wait           # fail at once if another run holds the pipeline
 
 Without a configured server each ``run`` starts a temporary local one (about 15 s) that keeps no
 history. Schedules need a real server: start one, point the client at it (once per machine), then
 serve the deployment, which retrains every Monday at 03:00 by default::
 
     prefect server start                                           # UI at http://127.0.0.1:4200
-    prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
-    python flows/retrain.py serve --cron "0 3 * * 1"
+    prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_SERVER_ANALYTICS_ENABLED=false
+    python flows/retrain.py serve --cron "0 3 * * 1" --pull --push --git-branch retrain
     prefect deployment run 'retrain/fkp-retrain'                   # an extra run now, from anywhere
 
 Behaviour worth knowing:
 
-* Bad raw data ends the run Failed at ``validate`` with every problem (file, row, column) in the log;
-  nothing after it runs, so the prepared data, the model and the champion stay as they were.
-* No-op detection: the run's fingerprint (raw data content, params, code; see :mod:`fkp.fingerprint`)
-  is compared with the one the last successful retrain stored on its MLflow run. When they match,
-  training is skipped and the log says so; ``--force`` retrains anyway.
-* One retrain at a time: a run holds ``reports/.retrain.lock`` from its first step to its last. A second
-  run waits for it (the log says who holds it), then rechecks the fingerprint, so a retrain queued behind
-  an identical one skips. ``run --no-wait`` fails at once instead. The served deployment also has a
-  Prefect concurrency limit of 1. Registration additionally holds ``reports/.registry.lock``, which the
-  sweep flow shares, so two runs never move the champion alias at the same time.
-* The MLflow run records ``fkp.entrypoint=prefect`` and the flow run id (``fkp.flow_run_id``).
+* What is stale is DVC's answer. When ``dvc status`` reports nothing, the run ends in the state
+  *Skipped* (a Completed state, named so in the UI) without running a stage; a stage DVC finds up to
+  date inside a run is a *Skipped* task. ``--force`` reruns every stage (``dvc repro --force``).
+* Bad raw data fails the ``validate`` stage: the run ends *Failed* with every problem (file, row,
+  column) in its message and log, nothing after it runs, and the prepared data, the model and the
+  champion stay as they were. Stages with ``meta.retries`` in ``dvc.yaml`` (those that talk to the
+  MLflow store) are retried.
+* One run at a time, whatever started it: the flow holds the pipeline's lease (:mod:`fkp.lock`) from its
+  first step to its last, the same lease every ``fkp`` stage command takes under ``dvc repro``. A run
+  that finds it held waits, logging who holds it (``--no-wait``: fails at once). The served deployment
+  also has a Prefect concurrency limit of 1.
+* ``--pull``: before checking what changed, ``git pull --ff-only`` (when the branch tracks a remote),
+  ``dvc update`` of data brought in with ``dvc import`` / ``dvc import-url``, then ``dvc pull``: new
+  labelled data in the remote is what makes the next scheduled run retrain.
+* ``--push`` / ``--git-branch NAME``: when a stage ran, ``dvc push`` the outputs and commit
+  ``dvc.lock``, ``params.yaml`` and ``metrics.json`` to branch NAME (:mod:`fkp.versioning`); the MLflow
+  run gets the commit as tag ``fkp.retrain_commit``. ``git checkout <commit> && dvc pull`` gets that
+  model and its data back.
+* MLflow runs record ``fkp.entrypoint=prefect``, the flow run id, the git commit and the data's DVC
+  hash. Each run leaves a Markdown artifact (stages, metrics, champion decision) in the Prefect UI.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
-from fkp import fingerprint as fp
-from fkp import tracking
-from fkp.envvars import env_var
-from fkp.lock import REGISTRY_LOCK, RETRAIN_LOCK, file_lock
-from fkp.params import Params, load_params
+from fkp import pipeline, tracking, versioning
+from fkp.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.run_names import run_namer
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a week of new labels, before anyone needs the model
 DEPLOYMENT_NAME = "fkp-retrain"
+DESCRIPTION = (
+    "Retrain the facial keypoint model: runs the dvc.yaml pipeline stage by stage through DVC "
+    "(validate, prepare, train, evaluate, register, predict), skipping what DVC finds up to date."
+)
+TAGS = ["fkp", "retrain", "dvc", "mlflow"]
 
-# the same paths as the DVC stages (dvc.yaml) and the CLI defaults
-VALIDATION_DIR = Path("reports/validation")
-PREPARED_DIR = Path("data/prepared")
-TARGETS = PREPARED_DIR / "targets.npz"
-MODEL = Path("models/model.keras")
-HISTORY = Path("reports/train/history.csv")
+# the handover files of the DVC stages (dvc.yaml): read for the run's summary only
 RUN_FILE = Path("reports/train/run.json")
 METRICS = Path("metrics.json")
-PLOTS_DIR = Path("reports/eval")
 REGISTRY_JSON = Path("reports/registry.json")
 
-SKIP_MESSAGE = "no new data and no changed params: skipping training"
+SKIPPED = "Skipped"
+SKIP_MESSAGE = "nothing changed: DVC reports every stage up to date, so nothing was retrained"
+TAG_RETRAIN_COMMIT = "fkp.retrain_commit"
 
 
-class RawDataInvalid(Exception):
-    """The raw data failed validation; the message is the full validation summary."""
+def _stage_env() -> dict[str, str]:
+    """What the stage commands inherit: the entrypoint and flow run their MLflow runs record."""
+    return {tracking.ENTRYPOINT_ENV: "prefect", tracking.FLOW_RUN_ENV: str(flow_run.id)}
 
 
 # --------------------------------------------------------------------------- tasks
 
 
-@task(name="sample", cache_policy=NO_CACHE, log_prints=True)
-def ensure_raw_data(params: Params, raw_dir: Path) -> bool:
-    """Generate the synthetic sample if it is the configured source and missing; True if generated."""
-    if raw_dir.is_dir() and any(raw_dir.glob("*.csv")):
-        return False
-    if params.data.source != "sample":
-        raise FileNotFoundError(
-            f"{raw_dir}: no raw data; bring the Kaggle files in with `fkp data import <zip or folder>`"
-        )
-    from fkp.sample import generate_sample, write_sample
-
-    s = params.sample
-    get_run_logger().info(
-        "%s is missing: generating the synthetic sample (%d + %d faces)", raw_dir, s.n_train, s.n_test
-    )
-    write_sample(raw_dir, generate_sample(s.n_train, s.n_test, s.seed))
-    return True
-
-
-@task(name="validate", cache_policy=NO_CACHE)
-def validate(raw_dir: Path) -> dict[str, Any]:
-    """Great Expectations on the raw files; any error fails the task with the whole summary."""
-    from fkp.validate import validate_raw_dir
-
+@task(name="stage", cache_policy=NO_CACHE)
+def run_stage(name: str, force: bool = False) -> State | str:
+    """Run one ``dvc.yaml`` stage through DVC when DVC finds it stale; a *Skipped* state otherwise."""
     logger = get_run_logger()
-    report = validate_raw_dir(raw_dir, VALIDATION_DIR)
-    summary = report.summary()
-    if not report.success:
-        logger.error("%s", summary)
-        raise RawDataInvalid(summary)
-    logger.info("%s", summary)
-    return {"errors": len(report.errors), "warnings": len(report.warnings)}
+    if not force and not pipeline.is_stale(name):
+        logger.info("stage '%s' is up to date (DVC): skipped", name)
+        return Completed(name=SKIPPED, message=f"stage '{name}' is up to date")
+    lines = pipeline.run_stage(name, force=force, on_line=logger.info, env=_stage_env())
+    return f"stage '{name}' ran ({len(lines)} lines of output)"
 
 
-@task(name="prepare", cache_policy=NO_CACHE, log_prints=True)
-def prepare(raw_dir: Path, params: Params) -> None:
-    from fkp.prepare import prepare as prepare_cache
-
-    prepare_cache(raw_dir, PREPARED_DIR, params.split)
-
-
-@task(name="impute", cache_policy=NO_CACHE, log_prints=True)
-def impute(params: Params) -> None:
-    from fkp.impute import run_impute
-
-    run_impute(PREPARED_DIR, TARGETS, params.impute.strategy)
-
-
-@task(name="train", cache_policy=NO_CACHE, log_prints=True, retries=1, retry_delay_seconds=10)
-def train(params: Params, raw_dir: Path) -> Any:
-    from fkp.train import run_train
-
-    outcome = run_train(
-        params,
-        prepared_dir=PREPARED_DIR,
-        targets_path=TARGETS,
-        model_out=MODEL,
-        history_out=HISTORY,
-        run_file=RUN_FILE,
-        raw_dir=raw_dir,
-    )
-    get_run_logger().info(
-        "trained MLflow run %s: best val RMSE %.3f px at epoch %d",
-        outcome.run_id,
-        outcome.best_val_rmse,
-        outcome.best_epoch,
-    )
-    return outcome
+@task(name="pull", cache_policy=NO_CACHE)
+def pull_data() -> None:
+    """Bring the newest code pointers and data: git pull, dvc update of imports, dvc pull."""
+    logger = get_run_logger()
+    if versioning.has_upstream():
+        pipeline.run(["git", "pull", "--ff-only"], on_line=logger.info)
+    dvc = pipeline.dvc_executable()
+    imports = pipeline.import_targets()
+    if imports:
+        pipeline.run([dvc, "update", *imports], on_line=logger.info)
+    pipeline.run([dvc, "pull", "--allow-missing"], on_line=logger.info)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, log_prints=True, retries=2, retry_delay_seconds=5)
-def evaluate(params: Params) -> dict[str, Any]:
-    from fkp.evaluate import run_evaluate
-
-    metrics = run_evaluate(
-        params,
-        model_path=MODEL,
-        prepared_dir=PREPARED_DIR,
-        run_file=RUN_FILE,
-        history_path=HISTORY,
-        metrics_out=METRICS,
-        plots_dir=PLOTS_DIR,
-    )
-    get_run_logger().info(
-        "validation RMSE %.3f px (mean face %.3f px)", metrics["val_rmse"], metrics["mean_face_rmse"]
-    )
-    return metrics
+@task(name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def push_outputs() -> None:
+    pipeline.run([pipeline.dvc_executable(), "push"], on_line=get_run_logger().info)
 
 
-@task(name="register", cache_policy=NO_CACHE, log_prints=True, retries=2, retry_delay_seconds=5)
-def register(params: Params) -> dict[str, Any]:
-    from fkp.promote import run_register
+@task(name="commit", cache_policy=NO_CACHE)
+def commit_state(branch: str, ran: list[str], run_id: str | None) -> str:
+    """Commit dvc.lock, params and metrics to ``branch``; tag the MLflow run with the commit."""
+    imports = pipeline.import_targets()
+    message = f"retrain {flow_run.name}: {', '.join(ran)}"
+    commit = versioning.commit_to_branch(branch, message, extra=imports)
+    get_run_logger().info("committed dvc.lock, params.yaml and metrics.json to %s as %s", branch, commit[:12])
+    if run_id:
+        from mlflow import MlflowClient
 
-    with file_lock(REGISTRY_LOCK, owner="retrain register", on_wait=get_run_logger().info):
-        record = run_register(
-            params, run_file=RUN_FILE, metrics_path=METRICS, prepared_dir=PREPARED_DIR, out=REGISTRY_JSON
+        tracking.configure()
+        client = MlflowClient()
+        client.set_tag(run_id, TAG_RETRAIN_COMMIT, commit)
+        client.set_tag(run_id, "fkp.retrain_branch", branch)
+    return commit
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _summary(ran: list[str], skipped: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "ran": ran, "skipped": skipped}
+    if "train" in ran:
+        summary["run_id"] = _read_json(RUN_FILE).get("run_id")
+    metrics = _read_json(METRICS)
+    if "val_rmse" in metrics:
+        summary["val_rmse"] = round(float(metrics["val_rmse"]), 4)
+    if "register" in ran:
+        record = _read_json(REGISTRY_JSON)
+        summary.update(
+            promoted=record.get("promoted"), version=record.get("version"), decision=record.get("reason")
         )
-    get_run_logger().info(
-        "registered %s v%s: %s", record["registered_model"], record["version"], record["reason"]
+    return summary
+
+
+def _markdown(summary: dict[str, Any], status: str) -> str:
+    lines = [f"# Retrain: {status}", "", "| stage | outcome |", "|---|---|"]
+    lines += [f"| {name} | ran |" for name in summary.get("ran", [])]
+    lines += [f"| {name} | up to date (skipped) |" for name in summary.get("skipped", [])]
+    if "val_rmse" in summary:
+        lines += ["", f"**Validation RMSE:** {summary['val_rmse']:.4f} px"]
+    if summary.get("decision"):
+        lines += ["", f"**Registry:** {summary['decision']}"]
+    if summary.get("run_id"):
+        uri = tracking.default_tracking_uri()
+        link = f"{uri.rstrip('/')}/#/experiments/0/runs/{summary['run_id']}" if uri.startswith("http") else ""
+        lines += ["", f"**MLflow run:** `{summary['run_id']}` {link}".rstrip()]
+    if summary.get("commit"):
+        lines += ["", f"**Committed:** `{summary['commit']}` on `{summary['branch']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def _publish(summary: dict[str, Any], status: str) -> None:
+    create_markdown_artifact(
+        key="retrain-summary", markdown=_markdown(summary, status), description=f"retrain {status}"
     )
-    return record
 
 
 # --------------------------------------------------------------------------- flow
 
 
-def _why_retrain(
-    current: fp.Fingerprint, previous: tuple[str, fp.Fingerprint] | None, force: bool
-) -> str | None:
-    """Why this run trains, or ``None`` when it should skip."""
-    if previous is None:
-        return "no earlier retrain recorded"
-    changed = current.changes_since(previous[1])
-    if changed:
-        return f"{' and '.join(changed)} changed since MLflow run {previous[0]}"
-    return "forced (nothing changed)" if force else None
-
-
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", flow_run_name=run_namer("retrain"), description=DESCRIPTION, log_prints=True)
 def retrain(
-    params_path: str = "params.yaml",
-    raw_dir: str | None = None,
     force: bool = False,
+    pull: bool = False,
+    push: bool = False,
+    git_branch: str | None = None,
     lock_timeout: float | None = None,
-) -> dict[str, Any]:
-    """Retrain unless nothing changed; return what happened (skipped or trained, run, RMSE, decision).
+) -> Any:
+    """Run the DVC pipeline's stale stages (every stage with ``force``); say what ran.
 
-    ``lock_timeout``: seconds to wait for another retrain to finish (``None``: as long as it takes,
-    ``0``: fail at once).
+    ``lock_timeout``: seconds to wait for another run holding the pipeline (``None``: as long as it
+    takes, ``0``: fail at once). Returns a summary dict, or a *Skipped* state when nothing changed.
     """
     logger = get_run_logger()
-    params = load_params(params_path)
-    raw = Path(raw_dir) if raw_dir else Path("data/raw") / params.data.source
-    summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "raw_dir": raw.as_posix()}
-    with (
-        env_var(tracking.ENTRYPOINT_ENV, "prefect"),
-        file_lock(
-            RETRAIN_LOCK, timeout=lock_timeout, owner=f"retrain flow run {flow_run.id}", on_wait=logger.info
-        ),
-    ):
-        ensure_raw_data(params, raw)
-        current = fp.compute(raw, params)
-        summary["fingerprint"] = current.digest
-        previous = fp.last_recorded(tracking.configure(experiment=params.mlflow.experiment))
-        why = _why_retrain(current, previous, force)
-        if why is None:
-            logger.info(
-                "%s (same fingerprint %s as MLflow run %s)", SKIP_MESSAGE, current.digest, previous[0]
+    owner = f"retrain flow run {flow_run.name} ({flow_run.id})"
+    with pipeline_lock(PIPELINE_LOCK, owner=owner, timeout=lock_timeout, on_wait=logger.info):
+        if pull:
+            pull_data()
+        stages = pipeline.stages()
+        if not force and not pipeline.stale():
+            logger.info(SKIP_MESSAGE)
+            _publish({"skipped": [s.name for s in stages]}, SKIPPED.lower())
+            return Completed(name=SKIPPED, message=SKIP_MESSAGE)
+        ran: list[str] = []
+        skipped: list[str] = []
+        for stage in stages:
+            task_ = run_stage.with_options(
+                name=stage.name,
+                task_run_name=stage.name,
+                retries=stage.retries,
+                retry_delay_seconds=stage.retry_delay_seconds,
             )
-            return {**summary, "status": "skipped", "reason": SKIP_MESSAGE, "run_id": previous[0]}
-        logger.info("retraining: %s", why)
-
-        validate(raw)
-        prepare(raw, params)
-        impute(params)
-        outcome = train(params, raw)
-        metrics = evaluate(params)
-        decision = register(params)
-        fp.record(outcome.run_id, current)
+            state = task_(stage.name, force=force, return_state=True)
+            if state.is_failed():
+                raise RuntimeError(state.message or f"stage '{stage.name}' failed")
+            (skipped if state.name == SKIPPED else ran).append(stage.name)
+        summary = _summary(ran, skipped)
+        if ran and push:
+            push_outputs()
+        if ran and git_branch:
+            summary["commit"] = commit_state(git_branch, ran, summary.get("run_id"))
+            summary["branch"] = git_branch
     logger.info(
-        "retrain done: run %s, val RMSE %.3f px, %s",
-        outcome.run_id,
-        metrics["val_rmse"],
-        "promoted to champion" if decision["promoted"] else "champion kept",
+        "retrain done: ran %s%s",
+        ", ".join(ran) or "nothing",
+        f"; val RMSE {summary['val_rmse']:.4f} px" if "val_rmse" in summary else "",
     )
-    return {
-        **summary,
-        "status": "trained",
-        "reason": why,
-        "run_id": outcome.run_id,
-        "val_rmse": metrics["val_rmse"],
-        "promoted": decision["promoted"],
-        "version": decision["version"],
-        "decision": decision["reason"],
-    }
+    _publish(summary, "trained" if "train" in ran else "updated")
+    return summary
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pull", action="store_true", help="git pull, dvc update and dvc pull first")
+    parser.add_argument("--push", action="store_true", help="dvc push the outputs when a stage ran")
+    parser.add_argument("--git-branch", help="commit dvc.lock, params and metrics to this branch")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,18 +250,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="retrain once")
-    run.add_argument("--force", action="store_true", help="retrain even if nothing changed")
-    run.add_argument("--no-wait", action="store_true", help="fail at once if another retrain is running")
+    run.add_argument("--force", action="store_true", help="rerun every stage even if nothing changed")
+    run.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the pipeline")
     serve = sub.add_parser("serve", help="serve a deployment that retrains on a cron schedule")
-    serve.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule (default: %(default)r)")
+    when = serve.add_mutually_exclusive_group()
+    when.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule (default: %(default)r)")
+    when.add_argument("--interval", type=float, help="seconds between runs, instead of --cron")
     serve.add_argument("--name", default=DEPLOYMENT_NAME, help="deployment name (default: %(default)s)")
     for p in (run, serve):
-        p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-        p.add_argument("--raw-dir", help="raw data folder (default: data/raw/<data.source>)")
+        _options(p)
     args = parser.parse_args(argv)
-    parameters = {"params_path": args.params, "raw_dir": args.raw_dir}
+    parameters = {"pull": args.pull, "push": args.push, "git_branch": args.git_branch}
     if args.command == "serve":
-        retrain.serve(name=args.name, cron=args.cron, parameters=parameters, global_limit=1)
+        schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
+        retrain.serve(
+            name=args.name,
+            **schedule,
+            parameters=parameters,
+            global_limit=1,
+            description=DESCRIPTION,
+            tags=TAGS,
+        )
         return 0
     state = retrain(
         **parameters, force=args.force, lock_timeout=0 if args.no_wait else None, return_state=True
@@ -279,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     if not state.is_completed():
         print(f"retrain ended {state.name}: {state.message}", file=sys.stderr)
         return 1
+    if state.name == SKIPPED:
+        print(f"retrain skipped: {state.message}")
+        return 0
     print(json.dumps(state.result(), indent=2))
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     sys.exit(main())

@@ -1,53 +1,51 @@
-"""Prefect flow: train several param variants side by side and let the registry keep the best.
+"""Prefect flow: train several param variants as DVC experiments and let the registry keep the best.
 
-The data is prepared once (``reports/sweep/prepared``); then each variant runs impute -> train ->
-evaluate as parallel tasks with its own outputs (``reports/sweep/<variant>/``,
-``models/sweep/<variant>.keras``), so variants never overwrite each other or the main pipeline's
-files. Every variant is an MLflow run named after it and tagged ``fkp.sweep=<flow run id>`` and
-``fkp.variant=<name>``. The variants are then registered one at a time, best first: the registry only
-moves the ``champion`` alias on a real improvement, so the best variant becomes champion if it beats
-the current one. Run it from the repository root::
+Each variant is one ``dvc exp run --temp -S key=value ...`` of the ``dvc.yaml`` pipeline up to the stages
+that write metrics (``evaluate``), in its own temporary copy of the workspace, so variants never touch
+the workspace's files and DVC reuses every stage a variant does not change (its cache is shared). So
+``dvc exp show`` and the MLflow UI list the same variants with the same numbers, and the winner is
+applied with ``dvc exp apply <name>`` (then ``dvc repro`` registers and predicts with it). Every variant
+is an MLflow run tagged ``fkp.sweep=<flow run id>``, ``fkp.variant=<name>`` and ``fkp.dvc_exp=<exp>``.
+The variants are then registered one at a time, best first: the registry only moves the ``champion``
+alias on a real improvement, so it moves at most once, to the best variant if it beats the champion.
+The sweep holds the pipeline's lease (:mod:`fkp.lock`) from start to end, like any other run. Run it from
+the repository root::
 
     python flows/sweep.py                                  # default grid, 2 variants at a time
     python flows/sweep.py --grid '{"impute.strategy": ["ffill", "mask"], "train.lr": [0.001, 0.0003]}'
     python flows/sweep.py --grid grid.yaml --max-parallel 3
+    dvc exp show                                           # the same variants and scores
 
 A grid maps dotted param keys to lists of values (every combination is a variant) or is a list of
 explicit variants (``[{"model.arch": "lean"}, {"model.arch": "seed", "model.width": 48}]``). Data
-params (``data``, ``sample``, ``split``) cannot vary: the sweep prepares the data once.
+params (``data``, ``sample``, ``split``) cannot vary: every variant must be scored on the same split.
 
-Task runner. Keras is not safe to train from several threads of one process, so by default each
-variant's steps run in a local process pool (``ProcessPoolTaskRunner``, ``--max-parallel`` workers).
-The runner is configuration, not code: ``--task-runner`` / ``--address`` on the command line, or the
-environment variables ``FKP_SWEEP_TASK_RUNNER`` / ``FKP_SWEEP_ADDRESS`` (also read by deployments).
-
-On a Dask cluster::
+Task runner. Each variant is a task that runs ``dvc exp run`` in a subprocess; by default the tasks run
+in a local process pool (``ProcessPoolTaskRunner``, ``--max-parallel`` workers). The runner is
+configuration, not code: ``--task-runner`` / ``--address`` on the command line, or the environment
+variables ``FKP_SWEEP_TASK_RUNNER`` / ``FKP_SWEEP_ADDRESS`` (also read by deployments). On a Dask
+cluster::
 
     pip install prefect-dask                   # where the flow runs and on every worker
     cd <repository> && PYTHONPATH=. dask worker tcp://scheduler:8786   # on each worker machine
     python flows/sweep.py --task-runner dask --address tcp://scheduler:8786 --max-parallel 8
 
-On a Ray cluster::
-
-    pip install prefect-ray                    # where the flow runs and in the cluster's environment
-    python flows/sweep.py --task-runner ray --address ray://head:10001 --max-parallel 8
-
-Without ``--address`` a temporary local Dask cluster (or Ray instance) is started. Workers import
-the tasks from this file and read and write the repository's folders, so they need the project
-installed (``pip install -e .``), the repository checked out at the same path on a shared
-filesystem, and one MLflow store for all: point ``MLFLOW_TRACKING_URI`` at an MLflow tracking
-server (``mlflow server``) on every machine.
+Without ``--address`` a temporary local Dask cluster is started. Workers import the tasks from this
+file and run ``dvc exp run`` in the repository, so they need the project installed
+(``pip install -e .``), the repository at the same path (a shared folder), and one MLflow store for
+all: the flow passes its ``MLFLOW_TRACKING_URI`` to every variant, so point it at an MLflow tracking
+server (``mlflow server``) when the workers are on other machines.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import itertools
 import json
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,13 +56,14 @@ import yaml
 from prefect import State, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from fkp import tracking
+from fkp import pipeline, tracking
 from fkp.envvars import env_var
-from fkp.lock import REGISTRY_LOCK, file_lock
+from fkp.lock import PIPELINE_LOCK, pipeline_lock
 from fkp.params import Params, from_dict, load_params
+from fkp.run_names import run_namer
 
 #: impute strategies x model architectures (fkp.models)
 DEFAULT_GRID: dict[str, list[Any]] = {
@@ -75,15 +74,16 @@ DEFAULT_MAX_PARALLEL = 2
 RUNNER_ENV = "FKP_SWEEP_TASK_RUNNER"
 ADDRESS_ENV = "FKP_SWEEP_ADDRESS"
 RUNNERS = ("process", "dask", "ray")
-FIXED_SECTIONS = ("data.", "sample.", "split.")  # the data is prepared once for all variants
+FIXED_SECTIONS = ("data.", "sample.", "split.")  # every variant is scored on the same split
 
+#: where each variant's handover files are kept for registration (git-ignored)
 SWEEP_DIR = Path("reports/sweep")
-PREPARED_DIR = SWEEP_DIR / "prepared"
-MODELS_DIR = Path("models/sweep")
+RUN_FILE = "reports/train/run.json"
+METRICS_FILE = "metrics.json"
 
-TAG_SWEEP = "fkp.sweep"
-TAG_VARIANT = "fkp.variant"
-TAG_RUN_NAME = "mlflow.runName"
+#: what the stage commands of a variant read (fkp.tracking tags the MLflow run with them)
+SWEEP_ENV = tracking.SWEEP_ENV
+VARIANT_ENV = tracking.VARIANT_ENV
 
 
 # --------------------------------------------------------------------------- variants
@@ -91,43 +91,24 @@ TAG_RUN_NAME = "mlflow.runName"
 
 @dataclass(frozen=True)
 class Variant:
-    """One param set of the sweep and where its outputs go."""
+    """One param set of the sweep: its name, its ``-S`` overrides and the params they give."""
 
     name: str
     overrides: dict[str, Any]
     params: Params
 
-    @property
-    def out_dir(self) -> Path:
-        return SWEEP_DIR / self.name
+    def set_args(self) -> list[str]:
+        """``-S key=value`` per override, values in YAML (what ``dvc exp run -S`` parses)."""
+        args: list[str] = []
+        for key, value in self.overrides.items():
+            text = value if isinstance(value, str) else json.dumps(value)
+            args += ["-S", f"{key}={text}"]
+        return args
 
-    @property
-    def targets(self) -> Path:
-        return self.out_dir / "targets.npz"
-
-    @property
-    def model(self) -> Path:
-        return MODELS_DIR / f"{self.name}.keras"
-
-    @property
-    def history(self) -> Path:
-        return self.out_dir / "train" / "history.csv"
-
-    @property
-    def run_file(self) -> Path:
-        return self.out_dir / "train" / "run.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.out_dir / "metrics.json"
-
-    @property
-    def plots(self) -> Path:
-        return self.out_dir / "eval"
-
-    @property
-    def registry(self) -> Path:
-        return self.out_dir / "registry.json"
+    def exp_name(self, sweep_id: str, attempt: int = 1) -> str:
+        """The DVC experiment's name: the variant and the sweep (and the attempt, when retried)."""
+        name = f"{self.name}-{sweep_id[:8]}"
+        return name if attempt <= 1 else f"{name}-retry{attempt - 1}"
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -221,11 +202,6 @@ def build_task_runner(
 # --------------------------------------------------------------------------- tasks
 
 
-def _prefect_entrypoint() -> contextlib.AbstractContextManager[None]:
-    """MLflow runs opened here record ``fkp.entrypoint=prefect`` (the task may run in a worker process)."""
-    return env_var(tracking.ENTRYPOINT_ENV, "prefect")
-
-
 def _workers_report_here() -> contextlib.AbstractContextManager[None]:
     """Point worker processes at the Prefect server this flow run reports to.
 
@@ -241,132 +217,87 @@ def _workers_report_here() -> contextlib.AbstractContextManager[None]:
     return env_var("PREFECT_API_URL", str(get_run_context().client.api_url).rstrip("/"))
 
 
-@task(name="prepare", cache_policy=NO_CACHE, log_prints=True)
-def prepare_once(raw_dir: Path, params: Params) -> None:
-    from fkp.prepare import prepare
+def _read_exp_json(root: str, path: str, exp: str) -> dict[str, Any]:
+    import dvc.api
 
-    prepare(raw_dir, PREPARED_DIR, params.split)
-
-
-@task(name="impute", task_run_name="impute-{variant.name}", cache_policy=NO_CACHE, log_prints=True)
-def impute_variant(variant: Variant) -> None:
-    from fkp.impute import run_impute
-
-    variant.out_dir.mkdir(parents=True, exist_ok=True)
-    (variant.out_dir / "params.yaml").write_text(
-        yaml.safe_dump(dataclasses.asdict(variant.params), sort_keys=False)
-    )
-    run_impute(PREPARED_DIR, variant.targets, variant.params.impute.strategy)
+    return json.loads(dvc.api.read(path, repo=root, rev=exp))
 
 
 @task(
-    name="train",
-    task_run_name="train-{variant.name}",
-    cache_policy=NO_CACHE,
-    log_prints=True,
-    retries=1,
-    retry_delay_seconds=10,
+    name="variant", task_run_name="{variant.name}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10
 )
-def train_variant(variant: Variant, raw_dir: Path, sweep_id: str) -> Any:
-    from mlflow import MlflowClient
-
-    from fkp.train import run_train
-
-    with _prefect_entrypoint():
-        outcome = run_train(
-            variant.params,
-            prepared_dir=PREPARED_DIR,
-            targets_path=variant.targets,
-            model_out=variant.model,
-            history_out=variant.history,
-            run_file=variant.run_file,
-            raw_dir=raw_dir,
-        )
-    client = MlflowClient()
-    for key, value in {TAG_SWEEP: sweep_id, TAG_VARIANT: variant.name, TAG_RUN_NAME: variant.name}.items():
-        client.set_tag(outcome.run_id, key, value)
-    get_run_logger().info(
-        "%s: MLflow run %s, best val RMSE %.3f px", variant.name, outcome.run_id, outcome.best_val_rmse
-    )
-    return outcome
+def run_variant(variant: Variant, root: str, targets: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """One variant as a DVC experiment (``dvc exp run --temp``); its MLflow run, score and model."""
+    logger = get_run_logger()
+    exp = variant.exp_name(env[SWEEP_ENV], task_run.run_count or 1)
+    argv = [pipeline.dvc_executable(), "--wait-for-lock", "exp", "run", "--temp", "-n", exp]
+    pipeline.run([*argv, *variant.set_args(), *targets], root=root, on_line=logger.info, env=env)
+    handover = _read_exp_json(root, RUN_FILE, exp)
+    metrics = _read_exp_json(root, METRICS_FILE, exp)
+    logger.info("%s: DVC experiment %s, val RMSE %.4f px", variant.name, exp, metrics["val_rmse"])
+    return {
+        "exp": exp,
+        "run_id": handover["run_id"],
+        "handover": handover,
+        "metrics": metrics,
+        "val_rmse": float(metrics["val_rmse"]),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 @task(
-    name="evaluate",
-    task_run_name="evaluate-{variant.name}",
-    cache_policy=NO_CACHE,
-    log_prints=True,
-    retries=2,
-    retry_delay_seconds=5,
+    name="register", task_run_name="register-{name}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5
 )
-def evaluate_variant(variant: Variant) -> dict[str, Any]:
-    from fkp.evaluate import run_evaluate
-
-    with _prefect_entrypoint():
-        return run_evaluate(
-            variant.params,
-            model_path=variant.model,
-            prepared_dir=PREPARED_DIR,
-            run_file=variant.run_file,
-            history_path=variant.history,
-            metrics_out=variant.metrics,
-            plots_dir=variant.plots,
-        )
-
-
-@task(
-    name="register",
-    task_run_name="register-{variant.name}",
-    cache_policy=NO_CACHE,
-    log_prints=True,
-    retries=2,
-    retry_delay_seconds=5,
-)
-def register_variant(variant: Variant) -> dict[str, Any]:
+def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[str, Any]:
+    """Register one variant's model (the registry moves the champion only if it is better)."""
     from fkp.promote import run_register
 
-    with (
-        _prefect_entrypoint(),
-        file_lock(REGISTRY_LOCK, owner="sweep register", on_wait=get_run_logger().info),
-    ):
-        record = run_register(
-            variant.params,
-            run_file=variant.run_file,
-            metrics_path=variant.metrics,
-            prepared_dir=PREPARED_DIR,
-            out=variant.registry,
-        )
-    get_run_logger().info("%s -> v%s: %s", variant.name, record["version"], record["reason"])
+    out = SWEEP_DIR / result["exp"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(result["handover"]) + "\n")
+    (out / "metrics.json").write_text(json.dumps(result["metrics"]) + "\n")
+    record = run_register(
+        params, run_file=out / "run.json", metrics_path=out / "metrics.json", out=out / "registry.json"
+    )
+    get_run_logger().info("%s -> v%s: %s", name, record["version"], record["reason"])
     return record
 
 
 # --------------------------------------------------------------------------- flow
 
 
-def _train_and_evaluate(
-    variants: list[Variant], raw_dir: Path, sweep_id: str, max_parallel: int
-) -> dict[str, tuple[PrefectFuture, PrefectFuture]]:
-    """Submit impute -> train -> evaluate per variant, at most ``max_parallel`` chains at a time.
-
-    Returns each variant's (train, evaluate) futures once all have finished, failed or not.
-    """
-    chains: dict[str, tuple[PrefectFuture, PrefectFuture]] = {}
+def _run_variants(
+    variants: list[Variant], root: str, targets: list[str], env: dict[str, str], max_parallel: int
+) -> dict[str, PrefectFuture]:
+    """Submit every variant, at most ``max_parallel`` at a time; return their futures once all ended."""
+    futures: dict[str, PrefectFuture] = {}
     in_flight: list[PrefectFuture] = []
     for variant in variants:
         if len(in_flight) >= max_parallel:
             in_flight.remove(next(as_completed(in_flight)))
-        imputed = impute_variant.submit(variant)
-        trained = train_variant.submit(variant, raw_dir, sweep_id, wait_for=[imputed])
-        evaluated = evaluate_variant.submit(variant, wait_for=[trained])
-        chains[variant.name] = (trained, evaluated)
-        in_flight.append(evaluated)
-    for _, evaluated in chains.values():
-        evaluated.wait()
-    return chains
+        future = run_variant.submit(variant, root, targets, {**env, VARIANT_ENV: variant.name})
+        futures[variant.name] = future
+        in_flight.append(future)
+    for future in futures.values():
+        future.wait()
+    return futures
+
+
+def _variant_env(sweep_id: str, experiment: str) -> dict[str, str]:
+    """What every variant's stages need to land in this workspace's MLflow store and be tagged."""
+    tracking.configure(experiment=experiment)  # created here, so its artifacts stay in the workspace
+    return {
+        "MLFLOW_TRACKING_URI": tracking.default_tracking_uri(),
+        tracking.ARTIFACTS_ENV: tracking.default_artifact_root(),
+        tracking.ENTRYPOINT_ENV: "prefect",
+        tracking.FLOW_RUN_ENV: sweep_id,
+        SWEEP_ENV: sweep_id,
+    }
 
 
 @flow(
     name="sweep",
+    flow_run_name=run_namer("sweep"),
     log_prints=True,
     task_runner=build_task_runner(os.environ.get(RUNNER_ENV), os.environ.get(ADDRESS_ENV)),
 )
@@ -374,8 +305,9 @@ def sweep(
     grid: dict[str, list[Any]] | list[dict[str, Any]] | None = None,
     params_path: str = "params.yaml",
     max_parallel: int = DEFAULT_MAX_PARALLEL,
+    lock_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Train every variant of ``grid`` (default :data:`DEFAULT_GRID`) over ``params_path``; register them.
+    """Run every variant of ``grid`` (default :data:`DEFAULT_GRID`) as a DVC experiment; register them.
 
     At most ``max_parallel`` variants are in flight at once, whatever the task runner offers. The run
     fails (after registering the variants that finished) if any variant failed.
@@ -387,38 +319,40 @@ def sweep(
     base_params = load_params(params_path)
     variants = make_variants(grid or DEFAULT_GRID, base or {})
     sweep_id = str(flow_run.id)
-    raw_dir = Path("data/raw") / base_params.data.source
-    if not any(raw_dir.glob("*.csv")):
-        raise FileNotFoundError(
-            f"{raw_dir}: no raw data (run the retrain flow or `dvc repro validate` first)"
-        )
-    logger.info("sweep %s: %d variants: %s", sweep_id, len(variants), ", ".join(v.name for v in variants))
-
-    prepare_once(raw_dir, base_params)
-    with _workers_report_here():
-        chains = _train_and_evaluate(variants, raw_dir, sweep_id, max_parallel)
-    results: dict[str, dict[str, Any]] = {}
-    failed: dict[str, str] = {}
-    for variant in variants:
-        trained, evaluated = chains[variant.name]
-        if evaluated.state.is_completed():
-            results[variant.name] = {
-                "run_id": trained.result().run_id,
-                "val_rmse": evaluated.result()["val_rmse"],
-            }
-        else:
-            state = evaluated.state if trained.state.is_completed() else trained.state
-            failed[variant.name] = f"{state.name}: {state.message}"
-
-    by_rmse = sorted(variants, key=lambda v: results.get(v.name, {}).get("val_rmse", float("inf")))
-    for variant in (v for v in by_rmse if v.name in results):
-        record = register_variant(variant)
-        results[variant.name].update(version=record["version"], promoted=record["promoted"])
-    for name, entry in results.items():
+    root = str(Path.cwd().resolve())
+    owner = f"sweep flow run {flow_run.name} ({sweep_id})"
+    with pipeline_lock(PIPELINE_LOCK, owner=owner, timeout=lock_timeout, on_wait=logger.info):
+        targets = pipeline.metric_stages(root)
         logger.info(
-            "%s: val RMSE %.3f px, v%s%s",
+            "sweep %s: %d variants (%s) as DVC experiments up to %s",
+            sweep_id,
+            len(variants),
+            ", ".join(v.name for v in variants),
+            ", ".join(targets),
+        )
+        env = _variant_env(sweep_id, base_params.mlflow.experiment)
+        with _workers_report_here():
+            futures = _run_variants(variants, root, targets, env, max_parallel)
+        results: dict[str, dict[str, Any]] = {}
+        failed: dict[str, str] = {}
+        for name, future in futures.items():
+            if future.state.is_completed():
+                results[name] = future.result()
+            else:
+                failed[name] = f"{future.state.name}: {future.state.message}"
+        for name in sorted(results, key=lambda n: results[n]["val_rmse"]):
+            record = register_variant(name, results[name], base_params)
+            results[name].update(version=record["version"], promoted=record["promoted"])
+    summary = {
+        name: {k: entry[k] for k in ("exp", "run_id", "val_rmse", "version", "promoted", "worker")}
+        for name, entry in results.items()
+    }
+    for name, entry in summary.items():
+        logger.info(
+            "%s: val RMSE %.4f px, DVC experiment %s, v%s%s",
             name,
             entry["val_rmse"],
+            entry["exp"],
             entry["version"],
             " (champion)" if entry["promoted"] else "",
         )
@@ -426,8 +360,9 @@ def sweep(
         raise RuntimeError(
             f"{len(failed)} of {len(variants)} variants failed: {json.dumps(failed, indent=1)}"
         )
-    best = min(results, key=lambda name: results[name]["val_rmse"])
-    return {"sweep_id": sweep_id, "variants": results, "best": best}
+    best = min(summary, key=lambda name: summary[name]["val_rmse"])
+    logger.info("best: %s; apply it with `dvc exp apply %s`", best, summary[best]["exp"])
+    return {"sweep_id": sweep_id, "variants": summary, "best": best}
 
 
 # --------------------------------------------------------------------------- command line

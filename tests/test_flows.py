@@ -1,63 +1,52 @@
-"""The Prefect flows, run for real (local Prefect server, MLflow, GX, Keras) on one tiny project copy.
+"""The Prefect flows, run for real: a real `prefect server start`, real DVC repos, MLflow stores, tiny sample.
 
-The retrain tests share one copy and run in file order: a first retrain, a second one that must
-skip, then a corrupted ``training.csv`` that must stop at validation, then a sweep. One temporary
-Prefect server serves the whole session.
+The retrain tests share one project copy and run in file order: a first retrain, then what `dvc repro`
+and the flow see of each other, a stage added to dvc.yaml, a concurrent `dvc repro`, a sweep. A second
+copy consumes its data from a DVC data registry and retrains on a schedule served to the real server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import make_project_copy
+import yaml
+from conftest import make_project_copy, wait_until
 from mlflow import MlflowClient
 
-from fkp import fingerprint
-from fkp.lock import RETRAIN_LOCK, LockBusyError, file_lock
+from fkp import pipeline, versioning
+from fkp.lock import holder
 from fkp.params import from_dict
 from flows import retrain as retrain_flow
 from flows import sweep as sweep_flow
 
 MODEL_NAME = "facial-keypoints-cnn"
+STAGES = ["sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict"]
+UP_TO_DATE = "Data and pipelines are up to date."
 
 
-# --------------------------------------------------------------------------- fixtures and helpers
+# --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="session")
-def prefect_server() -> Iterator[None]:
-    """One temporary Prefect server (API + SQLite) for every flow run of the session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+def sh(*argv: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        list(argv), cwd=cwd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
+    if check:
+        assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
+    return done
 
 
-@pytest.fixture(scope="module")
-def flow_project(tmp_path_factory, prefect_server) -> Iterator[Path]:
-    """A tiny project copy shared by this module's flow runs; cwd is set to it."""
-    dest = make_project_copy(tmp_path_factory.mktemp("flows") / "project")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(dest)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("FKP_MLFLOW_ARTIFACTS", raising=False)
-        mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-        yield dest
-
-
-@pytest.fixture(scope="module")
-def first_retrain(flow_project):
-    """The first retrain of the shared copy: its final state."""
-    return retrain_flow.retrain(return_state=True)
+def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(pipeline.dvc_executable(), *args, cwd=cwd, check=check)
 
 
 def client_for(project: Path) -> MlflowClient:
@@ -68,7 +57,11 @@ def client_for(project: Path) -> MlflowClient:
 def experiment_runs(project: Path, filter_string: str = "") -> list:
     client = client_for(project)
     experiment = client.get_experiment_by_name("fkp")
-    return client.search_runs([experiment.experiment_id], filter_string=filter_string)
+    return client.search_runs([experiment.experiment_id], filter_string=filter_string) if experiment else []
+
+
+def versions(project: Path) -> list:
+    return client_for(project).search_model_versions(f"name = '{MODEL_NAME}'")
 
 
 def champion_version(project: Path) -> str:
@@ -88,72 +81,31 @@ def flow_logs(flow_run_id) -> str:
     return "\n".join(log.message for log in logs)
 
 
-def task_names(flow_run_id) -> set[str]:
-    """Names of the tasks that ran in the flow run (task run names without their suffix)."""
+def task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name, for the tasks of a flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200,
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200
         )
-    return {run.name.rsplit("-", 1)[0] for run in runs}
+    return {run.name: run.state.name for run in runs}
 
 
-# --------------------------------------------------------------------------- pure parts
+def dvc_status_is_clean(project: Path) -> None:
+    out = dvc("status", cwd=project).stdout
+    assert UP_TO_DATE in out, out
+    repro = dvc("repro", cwd=project).stdout
+    assert "Running stage" not in repro, repro
 
 
-def test_fingerprint_parts_follow_data_params_and_code(tmp_path) -> None:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "training.csv").write_text("a,b\n1,2\n")
-    base = fingerprint.compute(raw, from_dict({}))
-    assert base == fingerprint.compute(raw, from_dict({"sample": {"n_train": 5}}))  # only via the data
-    assert base.changes_since(fingerprint.compute(raw, from_dict({"train": {"lr": 0.5}}))) == ["params"]
-    (raw / "training.csv").write_text("a,b\n1,3\n")
-    assert fingerprint.compute(raw, from_dict({})).changes_since(base) == ["data"]
-    assert base.changes_since(None) == ["data", "params", "code"]
+def lock_md5(project: Path, stage: str, path: str) -> str:
+    entries = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
+    return next(e["md5"] for e in entries.get("deps", []) + entries.get("outs", []) if e["path"] == path)
 
 
-def test_file_lock_excludes_a_second_holder_and_names_the_first(tmp_path) -> None:
-    path = tmp_path / "reports" / ".retrain.lock"
-    told: list[str] = []
-    with file_lock(path, owner="first run"):
-        with pytest.raises(LockBusyError, match="first run"), file_lock(path, timeout=0):
-            pass
-        with (
-            pytest.raises(LockBusyError, match="after waiting 0.2 s"),
-            file_lock(path, timeout=0.2, poll_seconds=0.05, on_wait=told.append),
-        ):
-            pass
-    assert told and "first run" in told[0]
-    with file_lock(path, timeout=0):  # released on exit
-        pass
-
-
-def test_file_lock_waits_for_the_holder_to_finish(tmp_path) -> None:
-    path = tmp_path / "lock"
-    order: list[str] = []
-    released = threading.Event()
-
-    def hold() -> None:
-        with file_lock(path):
-            order.append("first in")
-            released.wait(10)
-            order.append("first out")
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    while not order:
-        threading.Event().wait(0.01)
-    threading.Timer(0.3, released.set).start()
-    with file_lock(path, poll_seconds=0.05):
-        order.append("second in")
-    holder.join()
-    assert order == ["first in", "first out", "second in"]
+# --------------------------------------------------------------------------- fast parts
 
 
 def test_sweep_grid_expands_to_named_variants() -> None:
@@ -168,11 +120,14 @@ def test_sweep_grid_expands_to_named_variants() -> None:
         "lean-drop",
     ]
     assert variants[4].params.model.arch == "lean" and variants[4].params.impute.strategy == "mask"
-    assert variants[4].model == Path("models/sweep/lean-mask.keras")
+    assert variants[4].set_args() == ["-S", "model.arch=lean", "-S", "impute.strategy=mask"]
+    assert variants[4].exp_name("0123456789ab") == "lean-mask-01234567"
+    assert sweep_flow.make_variants({"train.lr": [0.5]}, base)[0].set_args() == ["-S", "train.lr=0.5"]
     with pytest.raises(ValueError, match="split.seed"):
         sweep_flow.make_variants({"split.seed": [1, 2]}, base)
     with pytest.raises(ValueError, match="train.lrr"):
         sweep_flow.make_variants([{"train.lrr": 1}], base)
+    assert from_dict({}).train.lr > 0
 
 
 def test_distributed_runner_without_its_package_says_what_to_install() -> None:
@@ -184,95 +139,411 @@ def test_distributed_runner_without_its_package_says_what_to_install() -> None:
         with pytest.raises(RuntimeError, match="pip install prefect-dask"):
             sweep_flow.build_task_runner("dask", "tcp://scheduler:8786")
     else:
-        pytest.skip("prefect-dask is installed")
+        assert type(sweep_flow.build_task_runner("dask", "tcp://127.0.0.1:1")).__name__ == "DaskTaskRunner"
 
 
-# --------------------------------------------------------------------------- flow runs
+def test_stages_come_from_dvc_yaml_in_dvc_order_with_their_retries(project_copy) -> None:
+    stages = pipeline.stages(project_copy)
+    assert [s.name for s in stages] == STAGES
+    retries = {s.name: s.retries for s in stages}
+    assert retries["train"] == 1 and retries["evaluate"] == 2 and retries["register"] == 2
+    assert retries["validate"] == 0
+    assert pipeline.metric_stages(project_copy) == ["evaluate"]
+    assert pipeline.is_stale("sample", project_copy)  # nothing was run yet
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+}
+
+
+def test_commit_to_branch_records_the_state_without_touching_the_checkout(tmp_path, monkeypatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    sh("git", "init", "-q", "-b", "main", cwd=repo)
+    (repo / "dvc.lock").write_text("v1\n")
+    (repo / "code.py").write_text("a = 1\n")
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "start", cwd=repo)
+    head = versioning.git(["rev-parse", "HEAD"], repo)
+    (repo / "dvc.lock").write_text("v2\n")
+    (repo / "metrics.json").write_text('{"val_rmse": 1.5}\n')  # new, untracked: committed too
+    first = versioning.commit_to_branch("retrain", "retrain 1", repo)
+    assert versioning.git(["show", f"{first}:dvc.lock"], repo) == "v2"
+    assert versioning.git(["show", f"{first}:metrics.json"], repo) == '{"val_rmse": 1.5}'
+    assert versioning.git(["rev-parse", "HEAD"], repo) == head  # the checkout did not move
+    assert versioning.current_branch(repo) == "main"
+    assert "metrics.json" in versioning.git(["status", "--porcelain"], repo)  # nor did the index
+    (repo / "dvc.lock").write_text("v3\n")
+    second = versioning.commit_to_branch("retrain", "retrain 2", repo)
+    assert versioning.git(["rev-parse", "retrain"], repo) == second
+    assert versioning.git(["rev-list", "--parents", "-n1", second], repo).split()[1:] == [first, head]
+
+
+def test_prefect_server_serves_its_ui(prefect_api) -> None:
+    with urllib.request.urlopen(prefect_api["ui"], timeout=10) as response:
+        page = response.read().decode()
+    assert response.status == 200 and "<html" in page.lower() and "prefect" in page.lower()
 
 
 @pytest.mark.slow
-def test_retrain_registers_a_champion_tagged_with_its_flow_run(flow_project, first_retrain) -> None:
+def test_a_process_worker_picks_up_a_deployment_run(prefect_api, tmp_path) -> None:
+    """The pinned stack runs the team path: a process work pool, a worker, a deployment run."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    source = tmp_path / "worker-flow"
+    source.mkdir()
+    (source / "hello.py").write_text(
+        "import os\nfrom prefect import flow\n\n\n@flow\ndef hello(name: str) -> str:\n"
+        "    return f'hello {name} from pid {os.getpid()}'\n"
+    )
+    pool = f"pool-{os.getpid()}"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    sh(prefect, "work-pool", "create", pool, "--type", "process", cwd=tmp_path)
+    deployment_id = flow.from_source(source=str(source), entrypoint="hello.py:hello").deploy(
+        name="hello", work_pool_name=pool, parameters={"name": "fkp"}
+    )
+    worker = subprocess.Popen(
+        [prefect, "worker", "start", "--pool", pool, "--limit", "1"],
+        cwd=tmp_path,
+        stdout=(tmp_path / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        run = run_deployment(deployment_id, timeout=0)
+        with get_client(sync_client=True) as client:
+            final = wait_until(
+                lambda: (r := client.read_flow_run(run.id)).state.is_final() and r, 180, "the worker's run"
+            )
+        assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
+        assert final.work_pool_name == pool
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- retrain on one project
+
+
+@pytest.fixture(scope="module")
+def flow_project(tmp_path_factory, prefect_api):
+    """A tiny project copy shared by this module's flow runs; cwd is set to it."""
+    dest = make_project_copy(tmp_path_factory.mktemp("flows") / "project")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(dest)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("FKP_MLFLOW_ARTIFACTS", raising=False)
+        mp.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield dest
+
+
+@pytest.fixture(scope="module")
+def first_retrain(flow_project):
+    return retrain_flow.retrain(return_state=True)
+
+
+@pytest.mark.slow
+def test_retrain_runs_every_dvc_stage_as_a_task_and_leaves_dvc_clean(flow_project, first_retrain) -> None:
     state = first_retrain
-    assert state.is_completed(), state.message
+    assert state.is_completed() and state.name == "Completed", state.message
     summary = state.result()
     flow_run_id = str(state.state_details.flow_run_id)
-    assert summary["status"] == "trained" and summary["promoted"] is True
-    assert champion_version(flow_project) == summary["version"]
+    assert summary["ran"] == STAGES and summary["skipped"] == []
+    assert task_states(flow_run_id) == dict.fromkeys(STAGES, "Completed")
+    assert summary["promoted"] is True and champion_version(flow_project) == summary["version"]
+
     tags = client_for(flow_project).get_run(summary["run_id"]).data.tags
-    assert tags["fkp.flow_run_id"] == flow_run_id
-    assert tags["fkp.entrypoint"] == "prefect"
-    assert tags[fingerprint.TAG] == summary["fingerprint"]
-    assert json.loads((flow_project / "reports/registry.json").read_text())["promoted"] is True
-    assert {"sample", "validate", "prepare", "impute", "train", "evaluate", "register"} <= task_names(
-        flow_run_id
+    assert tags["fkp.flow_run_id"] == flow_run_id and tags["fkp.entrypoint"] == "prefect"
+    assert tags["git.commit"] == versioning.git(["rev-parse", "HEAD"], flow_project)
+    assert tags["fkp.dvc_md5"] == lock_md5(flow_project, "sample", "data/raw/sample")
+    assert "Running stage 'train'" in flow_logs(flow_run_id)
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    assert run.name.startswith("retrain-sample-")
+    (summary_md,) = [a.data for a in artifacts if a.key == "retrain-summary"]
+    assert "# Retrain: trained" in summary_md and "| train | ran |" in summary_md
+    assert f"{summary['val_rmse']:.4f} px" in summary_md and summary["run_id"] in summary_md
+
+    dvc_status_is_clean(flow_project)  # after a retrain, DVC has nothing to do
+
+
+@pytest.mark.slow
+def test_after_dvc_repro_the_retrain_is_skipped(flow_project, first_retrain) -> None:
+    params = yaml.safe_load((flow_project / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (flow_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc("repro", cwd=flow_project).stdout
+    assert "Running stage 'train'" in out and "Running stage 'validate'" not in out
+    runs, registered = len(experiment_runs(flow_project)), len(versions(flow_project))
+
+    state = retrain_flow.retrain(return_state=True)
+    assert state.is_completed() and state.name == "Skipped", state.name
+    assert retrain_flow.SKIP_MESSAGE in state.message
+    assert task_states(state.state_details.flow_run_id) == {}
+    assert len(experiment_runs(flow_project)) == runs and len(versions(flow_project)) == registered
+    assert retrain_flow.SKIP_MESSAGE in flow_logs(state.state_details.flow_run_id)
+
+
+@pytest.mark.slow
+def test_a_stage_added_to_dvc_yaml_runs_in_the_flow(flow_project, first_retrain) -> None:
+    config = yaml.safe_load((flow_project / "dvc.yaml").read_text())
+    config["stages"]["summary"] = {
+        "cmd": "python -c \"import json; print('RMSE', json.load(open('metrics.json'))['val_rmse'])\" "
+        "> reports/summary.txt",
+        "deps": ["metrics.json"],
+        "outs": ["reports/summary.txt"],
+        "meta": {"retries": 3},
+    }
+    (flow_project / "dvc.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    state = retrain_flow.retrain(return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    states = task_states(state.state_details.flow_run_id)
+    assert states.pop("summary") == "Completed"
+    assert set(states.values()) == {"Skipped"} and set(states) == set(STAGES)
+    assert (flow_project / "reports/summary.txt").read_text().startswith("RMSE")
+    dvc_status_is_clean(flow_project)
+
+
+@pytest.mark.slow
+def test_a_concurrent_dvc_repro_makes_the_retrain_wait_and_each_version_keeps_its_run(
+    flow_project, first_retrain
+) -> None:
+    repro = subprocess.Popen(
+        [pipeline.dvc_executable(), "repro", "-f"],
+        cwd=flow_project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_until(
+        lambda: (h := holder(flow_project / "reports/.pipeline.lock")) and h.owner == "dvc repro -f",
+        120,
+        "dvc repro -f to take the pipeline's lease",
+        interval=0.2,
+    )
+    state = retrain_flow.retrain(return_state=True)  # waits for dvc repro -f to finish
+    output, _ = repro.communicate(timeout=600)
+    assert repro.returncode == 0, output
+    assert state.is_completed() and state.name == "Skipped", state.message
+    logs = flow_logs(state.state_details.flow_run_id)
+    assert "is held by dvc repro -f" in logs and "waiting for it to finish" in logs
+    registered = versions(flow_project)
+    run_ids = [v.run_id for v in registered]
+    assert len(set(run_ids)) == len(run_ids)  # no run registered twice
+    assert all(v.tags["source_run_id"] == v.run_id for v in registered)
+    assert json.loads((flow_project / "reports/train/run.json").read_text())["run_id"] in run_ids
+    dvc_status_is_clean(flow_project)
+
+
+@pytest.mark.slow
+def test_dvc_repro_refuses_while_a_retrain_holds_the_pipeline(flow_project, first_retrain) -> None:
+    lock_before = (flow_project / "dvc.lock").read_text()
+    holder_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom fkp.lock import pipeline_lock\n"
+            "with pipeline_lock(owner='retrain flow run brave-otter'):\n    print('held', flush=True)\n"
+            "    time.sleep(120)",
+        ],
+        cwd=flow_project,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder_proc.stdout.readline().strip() == "held"
+        done = dvc("repro", "-f", "-s", "sample", cwd=flow_project, check=False)
+    finally:
+        holder_proc.kill()
+        holder_proc.wait()
+    assert done.returncode != 0
+    message = [line for line in (done.stdout + done.stderr).splitlines() if "pipeline is busy" in line]
+    assert message and "retrain flow run brave-otter" in message[0] and "run again" in message[0], done.stderr
+    assert (flow_project / "dvc.lock").read_text() == lock_before
+
+
+@pytest.mark.slow
+def test_sweep_variants_are_dvc_experiments_and_mlflow_runs_with_the_same_scores(
+    flow_project, first_retrain
+) -> None:
+    before = client_for(flow_project).get_model_version_by_alias(MODEL_NAME, "champion")
+    registered_before = len(versions(flow_project))
+    state = sweep_flow.sweep(grid={"train.lr": [0.004, 0.002]}, max_parallel=2, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    sweep_id = str(state.state_details.flow_run_id)
+    assert result["sweep_id"] == sweep_id and set(result["variants"]) == {"0.004", "0.002"}
+
+    shown = json.loads(dvc("exp", "show", "--json", cwd=flow_project).stdout)
+    exps = {
+        exp["name"]: exp["revs"][0]["data"]["metrics"]["metrics.json"]["data"]["val_rmse"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+    }
+    runs = experiment_runs(flow_project, f"tags.`fkp.sweep` = '{sweep_id}'")
+    assert len(runs) == 2
+    for run in runs:
+        variant = result["variants"][run.data.tags["fkp.variant"]]
+        assert run.data.tags["fkp.dvc_exp"] == variant["exp"]
+        assert run.data.tags["fkp.entrypoint"] == "prefect"
+        assert run.data.params["train.lr"] == run.data.tags["fkp.variant"]
+        assert exps[variant["exp"]] == pytest.approx(run.data.metrics["val_rmse"], abs=1e-4)
+    assert len(versions(flow_project)) == registered_before + 2
+    promoted = [v for v in result["variants"].values() if v["promoted"]]
+    assert len(promoted) <= 1  # the champion moved at most once
+    rmses = [float(before.tags["val_rmse"])] + [v["val_rmse"] for v in result["variants"].values()]
+    after = client_for(flow_project).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert float(after.tags["val_rmse"]) == pytest.approx(min(rmses), abs=1e-3)
+
+    # the winner applies as DVC experiments do; reproducing it registers nothing new
+    best = result["variants"][result["best"]]
+    dvc("exp", "apply", best["exp"], cwd=flow_project)
+    assert yaml.safe_load((flow_project / "params.yaml").read_text())["train"]["lr"] == float(result["best"])
+    dvc("repro", cwd=flow_project)
+    assert len(versions(flow_project)) == registered_before + 2
+    dvc_status_is_clean(flow_project)
+
+
+# --------------------------------------------------------------------------- scheduled retraining
+
+
+def write_data_version(registry: Path, seed: int, corrupt: bool = False) -> str:
+    """Write a data version into the data registry, `dvc add` + commit + push it; its DVC md5."""
+    sh(
+        "fkp",
+        "sample",
+        "--out",
+        "data",
+        "--n-train",
+        "96",
+        "--n-test",
+        "12",
+        "--seed",
+        str(seed),
+        cwd=registry,
+    )
+    if corrupt:
+        training = registry / "data/training.csv"
+        lines = training.read_text().splitlines(keepends=True)
+        labels, pixels = lines[3].rstrip("\n").rsplit(",", 1)
+        tokens = pixels.split(" ")
+        tokens[5] = "300"
+        lines[3] = f"{labels},{' '.join(tokens)}\n"
+        training.write_text("".join(lines))
+    dvc("add", "data", cwd=registry)
+    sh("git", "add", "-A", cwd=registry)
+    sh("git", "commit", "-qm", f"data seed {seed}{' (corrupt)' if corrupt else ''}", cwd=registry)
+    dvc("push", cwd=registry)
+    return yaml.safe_load((registry / "data.dvc").read_text())["outs"][0]["md5"]
+
+
+def deployment_runs(deployment_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), limit=200
+        )
+
+
+@pytest.mark.slow
+def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, tmp_path, monkeypatch) -> None:
+    """A served deployment on a schedule: its runs pull new data from the DVC remote and retrain."""
+    from prefect.client.orchestration import get_client
+
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    registry = tmp_path / "data-registry"  # where the labelling team publishes data versions
+    registry.mkdir()
+    sh("git", "init", "-q", cwd=registry)
+    dvc("init", "-q", cwd=registry)
+    dvc("remote", "add", "-d", "store", str(tmp_path / "registry-store"), cwd=registry)
+    sh("git", "add", "-A", cwd=registry)
+    sh("git", "commit", "-qm", "data registry", cwd=registry)
+    v1 = write_data_version(registry, seed=1)
+
+    project = make_project_copy(tmp_path / "project", {"data": {"source": "kaggle"}})
+    dvc("remote", "modify", "local", "url", str(tmp_path / "project-store"), cwd=project)
+    (project / "data/raw").mkdir(parents=True, exist_ok=True)
+    dvc("import", str(registry), "data", "-o", "data/raw/kaggle", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "consume the data registry", cwd=project)
+
+    name = "fkp-retrain-scheduled"
+    serve = subprocess.Popen(
+        [sys.executable, "flows/retrain.py", "serve", "--interval", "20", "--pull", "--name", name],
+        cwd=project,
+        stdout=(tmp_path / "serve.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
+    def runs_since(t0: float, kind: str) -> list:
+        return [
+            r
+            for r in deployment_runs(deployment.id)
+            if r.state and r.start_time and r.start_time.timestamp() >= t0 and r.state.name == kind
+        ]
 
-@pytest.mark.slow
-def test_second_retrain_with_nothing_changed_skips_training(flow_project, first_retrain) -> None:
-    runs_before = experiment_runs(flow_project)
-    state = retrain_flow.retrain(return_state=True)
-    assert state.is_completed(), state.message
-    summary = state.result()
-    assert summary["status"] == "skipped"
-    assert summary["run_id"] == first_retrain.result()["run_id"]
-    flow_run_id = state.state_details.flow_run_id
-    assert retrain_flow.SKIP_MESSAGE in flow_logs(flow_run_id)
-    assert "train" not in task_names(flow_run_id)
-    assert len(experiment_runs(flow_project)) == len(runs_before)
+    def tagged(md5: str) -> list:
+        return experiment_runs(project, f"tags.`fkp.dvc_md5` = '{md5}'")
 
-
-@pytest.mark.slow
-def test_retrain_fails_fast_while_another_retrain_holds_the_lock(flow_project, first_retrain) -> None:
-    with file_lock(RETRAIN_LOCK, owner="a retrain in another process"):
-        state = retrain_flow.retrain(lock_timeout=0, return_state=True)
-    assert state.is_failed()
-    assert "a retrain in another process" in state.message
-    assert task_names(state.state_details.flow_run_id) == set()
-
-
-@pytest.mark.slow
-def test_corrupted_training_csv_fails_at_validation_and_changes_nothing(flow_project, first_retrain) -> None:
-    training = flow_project / "data/raw/sample/training.csv"
-    original = training.read_text()
-    outputs = [flow_project / p for p in ("data/prepared/train.npz", "models/model.keras", "metrics.json")]
-    stamps = {p: p.stat().st_mtime_ns for p in outputs}
-    champion = champion_version(flow_project)
-    lines = original.splitlines(keepends=True)
-    labels, pixels = lines[3].rstrip("\n").rsplit(",", 1)  # data row 3 (line 4); Image is the last column
-    tokens = pixels.split(" ")
-    tokens[5] = "300"
-    lines[3] = f"{labels},{' '.join(tokens)}\n"
-    training.write_text("".join(lines))
     try:
-        state = retrain_flow.retrain(return_state=True)
+        with get_client(sync_client=True) as client:
+            deployment = wait_until(
+                lambda: next((d for d in client.read_deployments() if d.name == name), None),
+                120,
+                "the served deployment",
+            )
+            assert deployment.name == name and deployment.schedules and deployment.schedules[0].active
+        t0 = time.time() - 60
+        wait_until(lambda: runs_since(t0, "Completed"), 600, "a scheduled run that trains on data v1", 5)
+        first = tagged(v1)
+        assert len(first) == 1 and first[0].data.tags["fkp.entrypoint"] == "prefect"
+        champion = champion_version(project)
+
+        v2 = write_data_version(registry, seed=2)  # new labelled data reaches the DVC remote
+        t1 = time.time()
+        wait_until(lambda: tagged(v2), 600, "a scheduled run that pulls data v2 and retrains", 5)
+        (second,) = tagged(v2)
+        flow_run_id = second.data.tags["fkp.flow_run_id"]
+        assert any(str(r.id) == flow_run_id for r in runs_since(t1, "Completed"))
+        assert second.data.tags["fkp.data_dir"] == "data/raw/kaggle"
+        assert runs_since(t0, "Skipped"), "a scheduled run with nothing new must end Skipped"
+        champion = champion_version(project)
+
+        write_data_version(registry, seed=3, corrupt=True)  # a bad data version
+        t2 = time.time()
+        failed = wait_until(
+            lambda: runs_since(t2, "Failed"), 600, "a scheduled run that fails at validate", 5
+        )
+        message = failed[0].state.message
+        assert "training.csv" in message and "row 3" in message and "'Image'" in message, message
+        assert task_states(failed[0].id).get("validate") == "Failed"
+        assert "train" not in task_states(failed[0].id)
+        assert champion_version(project) == champion
     finally:
-        training.write_text(original)
-    assert state.is_failed()
-    for text in (state.message, flow_logs(state.state_details.flow_run_id)):
-        assert "training.csv" in text and "row 3" in text and "'Image'" in text, text
-    assert task_names(state.state_details.flow_run_id) == {"sample", "validate"}
-    assert {p: p.stat().st_mtime_ns for p in outputs} == stamps
-    assert champion_version(flow_project) == champion
-
-
-@pytest.mark.slow
-def test_sweep_trains_variants_side_by_side_and_keeps_the_best(flow_project, first_retrain) -> None:
-    client = client_for(flow_project)
-    before = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    grid = {"impute.strategy": ["ffill", "drop"]}
-    state = sweep_flow.sweep(grid=grid, max_parallel=2, return_state=True)
-    assert state.is_completed(), state.message
-    sweep_id = str(state.state_details.flow_run_id)
-    result = state.result()
-    assert result["sweep_id"] == sweep_id and set(result["variants"]) == {"ffill", "drop"}
-    runs = experiment_runs(flow_project, f"tags.`fkp.sweep` = '{sweep_id}'")
-    assert sorted(r.info.run_name for r in runs) == ["drop", "ffill"]
-    for run in runs:
-        assert run.data.tags["fkp.flow_run_id"] == sweep_id
-        assert run.data.tags["fkp.entrypoint"] == "prefect"
-        assert run.data.params["impute.strategy"] == run.info.run_name
-        assert (flow_project / f"models/sweep/{run.info.run_name}.keras").is_file()
-    rmses = [float(before.tags["val_rmse"])] + [v["val_rmse"] for v in result["variants"].values()]
-    after = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    assert float(after.tags["val_rmse"]) == pytest.approx(min(rmses), abs=1e-3)
+        os.killpg(serve.pid, signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()

@@ -1,0 +1,189 @@
+"""The DVC pipeline as the flows see it: its stages in DVC's order, which are stale, and one stage run.
+
+``dvc.yaml`` is the one definition of the DAG. The Prefect flows do not list steps of their own:
+they ask DVC for the stages and their order (:func:`stages`), ask DVC whether a stage is stale
+(:func:`is_stale`), and run a stale stage through DVC (:func:`run_stage`: ``dvc repro --single-item``),
+so ``dvc.lock`` records every run whichever way it was started, and ``dvc status`` / ``dvc repro``
+agree with the flows. A stage added to ``dvc.yaml`` appears in the flows with no code change.
+
+Per-stage orchestration settings live in the stage's ``meta`` in ``dvc.yaml`` (``meta.retries``:
+how often a flow retries the stage, for stages that talk to the MLflow store).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: the lines of a failed stage kept in the error message (the end of its output says what went wrong)
+FAILURE_TAIL = 40
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One ``dvc.yaml`` stage: its name (DVC's address), command and orchestration settings."""
+
+    name: str
+    cmd: str
+    retries: int = 0
+    retry_delay_seconds: float = 5.0
+
+
+class StageFailed(RuntimeError):
+    """A stage's command failed; the message carries the end of its output (e.g. validation errors)."""
+
+    def __init__(self, stage: str, returncode: int, tail: Sequence[str]):
+        self.stage, self.returncode, self.tail = stage, returncode, list(tail)
+        body = "\n".join(self.tail)
+        super().__init__(f"stage '{stage}' failed (exit code {returncode}):\n{body}")
+
+
+def dvc_executable() -> str:
+    """The ``dvc`` of this environment (beside the running Python), else the one on ``PATH``."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
+
+
+def _repo(root: str | Path):
+    from dvc.repo import Repo
+
+    return Repo(str(root), _wait_for_lock=True)
+
+
+def stages(root: str | Path = ".") -> list[Stage]:
+    """Every stage of the repository's pipelines, upstream first (the order ``dvc repro`` runs them)."""
+    from dvc.repo.reproduce import plan_repro
+
+    with _repo(root) as repo:
+        ordered = plan_repro(repo.index.graph)
+        found = []
+        for stage in ordered:
+            if not getattr(stage, "cmd", None):  # .dvc files of `dvc add`ed data: no command to run
+                continue
+            meta: dict[str, Any] = stage.meta or {}
+            found.append(
+                Stage(
+                    name=stage.addressing,
+                    cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
+                    retries=int(meta.get("retries", 0)),
+                    retry_delay_seconds=float(meta.get("retry_delay_seconds", 5.0)),
+                )
+            )
+    return found
+
+
+def stale(root: str | Path = ".", targets: Sequence[str] | None = None) -> dict[str, Any]:
+    """DVC's answer to "what changed": ``dvc status`` of ``targets`` (all stages when ``None``).
+
+    Empty when everything is up to date.
+    """
+    with _repo(root) as repo:
+        return dict(repo.status(targets=list(targets) if targets else None))
+
+
+def is_stale(name: str, root: str | Path = ".") -> bool:
+    """Whether DVC would run stage ``name`` now (its deps, params, command or outputs changed)."""
+    return bool(stale(root, [name]))
+
+
+def run_stage(
+    name: str,
+    *,
+    root: str | Path = ".",
+    force: bool = False,
+    on_line: Callable[[str], None] = print,
+    env: dict[str, str] | None = None,
+) -> list[str]:
+    """Run one stage through DVC (``dvc repro --single-item``), streaming its output line by line.
+
+    Returns the output lines; raises :class:`StageFailed` with the end of the output when it fails.
+    DVC waits for its repository lock (``--wait-for-lock``) instead of failing when another DVC
+    command holds it for a moment.
+    """
+    argv = [dvc_executable(), "--wait-for-lock", "repro", "--single-item", name]
+    if force:
+        argv.append("--force")
+    run_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    lines: list[str] = []
+    with subprocess.Popen(
+        argv,
+        cwd=root,
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    ) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.rstrip("\n")
+            lines.append(line)
+            on_line(line)
+        returncode = process.wait()
+    if returncode != 0:
+        raise StageFailed(name, returncode, _failure_tail(lines))
+    return lines
+
+
+def _failure_tail(lines: Sequence[str]) -> list[str]:
+    """The stage's own output at the end, without DVC's boilerplate around it."""
+    own = [
+        line
+        for line in lines
+        if line.strip()
+        and not line.startswith(("Running stage", "> ", "ERROR: failed to reproduce"))
+        and "dvc.org/doc" not in line
+    ]
+    return own[-FAILURE_TAIL:]
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    root: str | Path = ".",
+    on_line: Callable[[str], None] = print,
+    env: dict[str, str] | None = None,
+) -> list[str]:
+    """Run a ``dvc``/``git`` command for the flows (pull, update, push, exp run), streaming its output."""
+    lines: list[str] = []
+    with subprocess.Popen(
+        list(argv),
+        cwd=root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+    ) as process:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            lines.append(raw.rstrip("\n"))
+            on_line(lines[-1])
+        returncode = process.wait()
+    if returncode != 0:
+        tail = "\n".join(lines[-FAILURE_TAIL:])
+        raise RuntimeError(f"`{' '.join(argv)}` failed (exit code {returncode}):\n{tail}")
+    return lines
+
+
+def import_targets(root: str | Path = ".") -> list[str]:
+    """The ``.dvc`` files of data brought in with ``dvc import`` / ``dvc import-url`` (``dvc update``)."""
+    with _repo(root) as repo:
+        return sorted(
+            os.path.relpath(stage.path, repo.root_dir) for stage in repo.index.stages if stage.is_import
+        )
+
+
+def metric_stages(root: str | Path = ".") -> list[str]:
+    """The stages that write a metrics file: where a variant of the pipeline gets its score."""
+    with _repo(root) as repo:
+        return [stage.addressing for stage in repo.index.stages if getattr(stage, "metrics", None)]
