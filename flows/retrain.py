@@ -10,8 +10,9 @@ agree with it afterwards. Run it from the repository root::
     python flows/retrain.py run --no-wait           # fail at once if another run holds the pipeline
 
 Without a configured server each ``run`` starts a temporary local one (about 15 s) that keeps no
-history. Schedules need a real server: start one, point the client at it (once per machine), then
-serve the deployment, which retrains every Monday at 03:00 by default::
+history and stops with the command, even when it is killed. Schedules need a real server: start
+one, point the client at it (once per machine), then serve the deployment, which retrains every
+Monday at 03:00 by default::
 
     prefect server start                                           # UI at http://127.0.0.1:4200
     prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -59,6 +60,7 @@ from prefect.states import Completed, State
 
 from fkp import pipeline, tracking, versioning
 from fkp.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.prefect_local import api_url
 from fkp.run_names import run_namer
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a week of new labels, before anyone needs the model
@@ -272,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             tags=TAGS,
         )
         return 0
-    state = retrain(
-        **parameters, force=args.force, lock_timeout=0 if args.no_wait else None, return_state=True
-    )
+    with api_url():
+        state = retrain(
+            **parameters, force=args.force, lock_timeout=0 if args.no_wait else None, return_state=True
+        )
     if not state.is_completed():
         print(f"retrain ended {state.name}: {state.message}", file=sys.stderr)
         return 1

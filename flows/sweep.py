@@ -63,6 +63,7 @@ from fkp import pipeline, tracking
 from fkp.envvars import env_var
 from fkp.lock import PIPELINE_LOCK, pipeline_lock
 from fkp.params import Params, from_dict, load_params
+from fkp.prefect_local import api_url
 from fkp.run_names import run_namer
 
 #: impute strategies x model architectures (fkp.models)
@@ -409,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = build_task_runner(args.task_runner, args.address, args.max_parallel)
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
-    state = run_sweep(args.grid, args.params, args.max_parallel, runner)
+    with api_url():
+        state = run_sweep(args.grid, args.params, args.max_parallel, runner)
     if not state.is_completed():
         print(f"sweep ended {state.name}: {state.message}", file=sys.stderr)
         return 1

@@ -230,6 +230,38 @@ def test_a_process_worker_picks_up_a_deployment_run(prefect_api, tmp_path) -> No
         worker.wait(timeout=30)
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_leaves_no_temporary_prefect_server_behind(tmp_path) -> None:
+    project = make_project_copy(tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no configured server: a temporary one
+    proc = subprocess.Popen(
+        [sys.executable, "flows/retrain.py", "run"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "starting a temporary one on" in line, line
+        url = line.split(" on ", 1)[1].split()[0]
+        wait_until(lambda: _answers(url), 120, "the temporary Prefect server")
+    finally:
+        proc.kill()  # kill -9: no cleanup code of ours runs
+        proc.wait()
+    wait_until(lambda: not _answers(url), 60, "the orphaned temporary server to stop")
+
+
 # --------------------------------------------------------------------------- retrain on one project
 
 
