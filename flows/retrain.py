@@ -100,7 +100,7 @@ def run_stage(name: str, force: bool = False) -> State | str:
     return f"stage '{name}' ran ({len(lines)} lines of output)"
 
 
-@task(name="pull", cache_policy=NO_CACHE)
+@task(name="pull", task_run_name="pull", cache_policy=NO_CACHE)
 def pull_data() -> None:
     """Bring the newest code pointers and data: git pull, dvc update of imports, dvc pull."""
     logger = get_run_logger()
@@ -113,12 +113,12 @@ def pull_data() -> None:
     pipeline.run([dvc, "pull", "--allow-missing"], on_line=logger.info)
 
 
-@task(name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+@task(name="push", task_run_name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def push_outputs() -> None:
     pipeline.run([pipeline.dvc_executable(), "push"], on_line=get_run_logger().info)
 
 
-@task(name="commit", cache_policy=NO_CACHE)
+@task(name="commit", task_run_name="commit", cache_policy=NO_CACHE)
 def commit_state(branch: str, ran: list[str], run_id: str | None) -> str:
     """Commit dvc.lock, params and metrics to ``branch``; tag the MLflow run with the commit."""
     imports = pipeline.import_targets()

@@ -100,6 +100,12 @@ def dvc_status_is_clean(project: Path) -> None:
     assert "Running stage" not in repro, repro
 
 
+def tracking_md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
 def lock_md5(project: Path, stage: str, path: str) -> str:
     entries = yaml.safe_load((project / "dvc.lock").read_text())["stages"][stage]
     return next(e["md5"] for e in entries.get("deps", []) + entries.get("outs", []) if e["path"] == path)
@@ -521,7 +527,8 @@ def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, t
 
     name = "fkp-retrain-scheduled"
     serve = subprocess.Popen(
-        [sys.executable, "flows/retrain.py", "serve", "--interval", "20", "--pull", "--name", name],
+        [sys.executable, "flows/retrain.py", "serve", "--interval", "20", "--name", name]
+        + ["--pull", "--push", "--git-branch", "retrain"],
         cwd=project,
         stdout=(tmp_path / "serve.log").open("w"),
         stderr=subprocess.STDOUT,
@@ -553,11 +560,29 @@ def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, t
         champion = champion_version(project)
 
         v2 = write_data_version(registry, seed=2)  # new labelled data reaches the DVC remote
-        t1 = time.time()
-        wait_until(lambda: tagged(v2), 600, "a scheduled run that pulls data v2 and retrains", 5)
-        (second,) = tagged(v2)
+        (second,) = wait_until(lambda: tagged(v2), 600, "a scheduled run that pulls data v2 and retrains", 5)
         flow_run_id = second.data.tags["fkp.flow_run_id"]
-        assert any(str(r.id) == flow_run_id for r in runs_since(t1, "Completed"))
+        with get_client(sync_client=True) as client:
+            trained = wait_until(
+                lambda: (r := client.read_flow_run(flow_run_id)).state.is_final() and r,
+                600,
+                "the run that trains on data v2 to finish",
+                5,
+            )
+        assert trained.deployment_id == deployment.id and trained.state.name == "Completed"
+
+        # the retrain is a versioned point: its commit and the DVC remote give its model back anywhere
+        commit = client_for(project).get_run(second.info.run_id).data.tags["fkp.retrain_commit"]
+        assert versioning.git(["rev-parse", "retrain"], project) != ""
+        assert commit in versioning.git(["rev-list", "retrain"], project).split()
+        elsewhere = tmp_path / "elsewhere"
+        sh("git", "clone", "-q", str(project), str(elsewhere), cwd=tmp_path)
+        sh("git", "checkout", "-q", commit, cwd=elsewhere)
+        dvc("pull", cwd=elsewhere)
+        model_md5 = lock_md5(elsewhere, "train", "models/model.keras")
+        assert tracking_md5(elsewhere / "models/model.keras") == model_md5
+        assert lock_md5(elsewhere, "validate", "data/raw/kaggle") == v2
+        assert json.loads((elsewhere / "reports/train/run.json").read_text())["run_id"] == second.info.run_id
         assert second.data.tags["fkp.data_dir"] == "data/raw/kaggle"
         assert runs_since(t0, "Skipped"), "a scheduled run with nothing new must end Skipped"
         champion = champion_version(project)
