@@ -96,7 +96,10 @@ def run_train(
             {"best_val_rmse": best_val_rmse, "best_epoch": result.best_epoch, "train_seconds": seconds}
         )
         info = log_keypoint_model(
-            Path(model_out), tta_flip=params.train.tta_flip, input_example_images=data.images[split.val[:2]]
+            Path(model_out),
+            tta_flip=params.train.tta_flip,
+            input_example_images=data.images[split.val[:2]],
+            max_batch=params.limits.serve_max_batch,
         )
         tracking.write_run_id(run_file, run_id, model_uri=info.model_uri, split_id=split.split_id)
     print(f"best epoch {result.best_epoch}: val RMSE {best_val_rmse:.3f} px ({seconds:.0f} s)")
