@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from fkp.safety.owner import token
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -21,11 +23,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``path`` keeps its old content.
     The suffix is kept so libraries that pick a format by extension (``.npz``, ``.png``,
-    ``.keras``) still do.
+    ``.keras``) still do. The name carries this process's mark, so if it is killed (SIGKILL) the
+    next start removes the file (:func:`fkp.safety.leftovers.remove_stale`).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.{token()}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
