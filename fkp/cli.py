@@ -217,6 +217,15 @@ def _show_progress() -> None:
         logger.setLevel(logging.INFO)
 
 
+#: loggers that print a traceback for an error they then raise; the one-line message says it once
+_RERAISING_LOGGERS = ("mlflow.store.db.utils",)
+
+
+def _quiet_reraised_errors() -> None:
+    for name in _RERAISING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; a known failure prints one line and returns its exit code.
 
@@ -228,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_progress()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    verbose = args.verbose or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    if not verbose:
+        _quiet_reraised_errors()
     if threading.current_thread() is threading.main_thread():
         exit_cleanly_on_signals()
     remove_stale()
@@ -237,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = describe(exc)
         if failure is None:
             raise
-        if args.verbose or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        if verbose:
             traceback.print_exc()
         print(f"fkp {args.command}: {failure.message}", file=sys.stderr)
         return failure.code

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 from fkp.errors import DataError
 from fkp.safety.leftovers import Terminated
@@ -42,11 +43,23 @@ def _tracking_uri() -> str:
         return "the MLflow store"
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (plain or ``file:`` form), else ``None``."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path[len("file:") :] if path.startswith("file:") else path)
+
+
 def store_failure(text: str) -> Failure:
     """What a tracking-store error means for the user (read-only, missing or locked database)."""
     lower = text.lower()
     where = _tracking_uri()
-    if "readonly database" in lower or "read-only" in lower:
+    database = _sqlite_file(where)
+    gone = database is not None and not database.exists()
+    if gone and ("readonly database" in lower or "no such table" in lower):
+        what = "was deleted or moved while the step ran: restore mlflow.db, or rerun to start a new store"
+    elif "readonly database" in lower or "read-only" in lower:
         what = "is read-only: make the file and its folder writable (chmod u+w), or set MLFLOW_TRACKING_URI"
     elif "no such table" in lower or "unable to open database" in lower:
         what = (
