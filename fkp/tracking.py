@@ -89,6 +89,8 @@ def configure(
     the experiment the other process made; a deleted experiment of that name is restored.
     """
     global _configured_experiment_id
+    if tracking_uri is None and artifact_root is None:
+        follow_moved_project()
     uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -109,6 +111,22 @@ def configure(
     mlflow.set_experiment(experiment_id=experiment_id)
     _configured_experiment_id = experiment_id
     return experiment_id
+
+
+def follow_moved_project(root: str | Path | None = None) -> None:
+    """Keep a copied or moved project's default store writing artifacts inside the project.
+
+    Only the project's own defaults are touched (``mlflow.db`` and ``mlartifacts`` at ``root``,
+    default the working directory, with neither environment override set); see
+    :mod:`fkp.safety.relocate`.
+    """
+    from fkp.safety.relocate import relocate_store
+
+    if os.environ.get("MLFLOW_TRACKING_URI") or os.environ.get(ARTIFACTS_ENV):
+        return
+    root = Path(root) if root is not None else Path.cwd()
+    if (root / "mlflow.db").is_file():
+        relocate_store(root / "mlflow.db", root)
 
 
 # --------------------------------------------------------------------------- provenance
