@@ -35,6 +35,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get normal permissions
         os.replace(tmp_path, target)
+    except OSError as error:
+        tmp_path.unlink(missing_ok=True)
+        if error.filename is None:  # e.g. a full disk: name the output, not "a file"
+            raise OSError(error.errno, error.strerror, str(target)) from error
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        print(f"fkp {args.command}: {failure.message}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"fkp {command}: {failure.message}", file=sys.stderr)
         return failure.code
 
 
