@@ -317,6 +317,7 @@ def predict_photos(
     anything is written, so an unreadable file (:class:`DataError`) or a photo without a
     face (:class:`NoFaceFoundError`) stops the whole call cleanly. ``model_ref`` is a
     ``.keras`` path, an MLflow model URI or folder, or an already loaded Keras model.
+    A photo whose header declares more than ``max_pixels`` is refused before it is decoded.
     Returns the JSON records, each with the paths of the two files added.
     """
     from fkp.predict import predict_keypoints, resolve_model
