@@ -255,10 +255,12 @@ def log_keypoint_model(
     if not keras_path.is_file():
         raise FileNotFoundError(f"model not found: {keras_path}")
     with tempfile.TemporaryDirectory(prefix="fkp-code-") as tmp:
+        staged = Path(tmp) / "model.keras"  # the artifact's name, whatever the file is called here
+        shutil.copyfile(keras_path, staged)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=str(MODEL_CODE),
-            artifacts={KERAS_ARTIFACT: str(keras_path)},
+            artifacts={KERAS_ARTIFACT: str(staged)},
             code_paths=[str(_copy_package(Path(tmp)))],
             signature=model_signature(tta_flip),
             input_example=input_example(input_example_images),
