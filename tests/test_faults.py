@@ -569,3 +569,39 @@ def test_read_only_store_is_one_line(trained: Path) -> None:
     done = fkp(trained, "register", MLFLOW_TRACKING_URI=uri)
     assert done.returncode == 4
     one_line(done.stderr, "register", "mlflow.db", "is read-only")
+
+
+# --------------------------------------------------------------------------- the pieces on their own
+
+
+def test_only_dead_owners_on_this_host_lose_their_temporaries(tmp_path: Path) -> None:
+    from fkp.safety.leftovers import remove_stale
+
+    dead = plant(tmp_path, ".model.*.keras", dead_pid())
+    live = plant(tmp_path, ".history.*.csv", os.getpid())
+    foreign = tmp_path / f".model.fkp{dead_pid()}xdeadbeef.abc123.keras"  # another host: cannot tell
+    foreign.write_bytes(b"x")
+    unmarked = tmp_path / ".model.abc123.keras"
+    unmarked.write_bytes(b"x")
+    assert remove_stale([tmp_path]) == [dead]
+    assert live.exists() and foreign.exists() and unmarked.exists()
+
+
+@pytest.mark.parametrize("atomic_exchange", [True, False])
+def test_folder_swap_replaces_all_files_at_once(atomic_exchange, tmp_path, monkeypatch) -> None:
+    from fkp.safety import swap
+
+    if not atomic_exchange:  # systems without renameat2: the two-rename fallback
+        monkeypatch.setattr(swap, "exchange", lambda a, b: False)
+    target = tmp_path / "prepared"
+    target.mkdir()
+    for name in ("a", "b", "kept"):
+        (target / name).write_text("old")
+    with swap.staging_dir(target, keep=["kept"]) as stage:
+        (stage / "a").write_text("new")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a": "new", "kept": "old"}
+    with pytest.raises(RuntimeError), swap.staging_dir(target) as stage:
+        (stage / "a").write_text("newer")
+        raise RuntimeError("failed half-way")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a": "new", "kept": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
