@@ -605,3 +605,26 @@ def test_folder_swap_replaces_all_files_at_once(atomic_exchange, tmp_path, monke
         raise RuntimeError("failed half-way")
     assert {p.name: p.read_text() for p in target.iterdir()} == {"a": "new", "kept": "old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_a_signal_caught_inside_a_finalizer_still_stops_the_step() -> None:
+    """Python swallows an exception raised in ``__del__``; the signal must be delivered again."""
+    probe = (
+        "import os, signal\n"
+        "from fkp.safety.leftovers import Terminated, exit_cleanly_on_signals\n"
+        "exit_cleanly_on_signals()\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        sum(range(1000))  # the handler runs here, inside the finalizer\n"
+        "try:\n"
+        "    Finalized()\n"
+        "    for _ in range(10**8): pass\n"
+        "    print('still running')\n"
+        "except Terminated as stop:\n"
+        "    print('stopped', stop.code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.strip() == "stopped 143", done.stdout + done.stderr

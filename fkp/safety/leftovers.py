@@ -9,9 +9,13 @@ leaves is removed by :func:`remove_stale` at the next start of any step.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import shutil
 import signal
+import sys
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,7 +79,49 @@ def _raise_terminated(signum: int, _frame) -> None:
     raise Terminated(128 + signum)
 
 
+class _Redelivery:
+    """Delivers a swallowed signal again, from a helper thread, once the finalizer is over.
+
+    The handler runs wherever the main thread happens to be, sometimes in a ``__del__`` or weakref
+    callback, where Python reports "Exception ignored" and carries on as if nothing happened. The
+    unraisable hook sees that exception; the helper thread then re-sends the signal to the main
+    thread a moment later (not from inside the hook, where it would be swallowed again).
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        self.wake = threading.Event()
+        self.previous_hook = sys.unraisablehook
+        threading.Thread(target=self._run, name="fkp-signal-redelivery", daemon=True).start()
+
+    def hook(self, unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, Terminated):
+            self.pending.append(int(error.code) - 128)
+            self.wake.set()
+        elif isinstance(error, KeyboardInterrupt):
+            self.pending.append(signal.SIGINT)
+            self.wake.set()
+        else:
+            self.previous_hook(unraisable)
+
+    def _run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            time.sleep(0.05)  # let the main thread leave the finalizer and the hook
+            while self.pending:
+                _thread.interrupt_main(self.pending.pop(0))
+
+
+_redelivery: _Redelivery | None = None
+
+
 def exit_cleanly_on_signals() -> None:
     """Turn SIGTERM and SIGHUP into :class:`Terminated` (SIGINT already raises KeyboardInterrupt)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_terminated)
+    global _redelivery
+    if _redelivery is None:
+        _redelivery = _Redelivery()
+        sys.unraisablehook = _redelivery.hook
