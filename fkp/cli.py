@@ -12,11 +12,16 @@ import contextlib
 import logging
 import os
 import sys
+import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fkp.errors import DataError
 from fkp.lock import LockBusyError, pipeline_lock
+from fkp.safety.leftovers import exit_cleanly_on_signals, remove_stale
+from fkp.safety.messages import describe
+
+TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,7 +69,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_data_import(args: argparse.Namespace) -> int:
     from fkp.sources import import_dir
 
-    import_dir(args.src, args.dest, track=not args.no_dvc)
+    remove_stale([args.dest.parent])
+    import_dir(args.src, args.dest, track=not args.no_dvc, limits=_params(args).limits)
     return 0
 
 
@@ -129,7 +135,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fkp.photos import NoFaceFoundError, predict_photos
 
     try:
-        predict_photos(args.model, args.images, args.out, tta_flip=tta)
+        max_pixels = _params(args).limits.photo_max_pixels
+        predict_photos(args.model, args.images, args.out, tta_flip=tta, max_pixels=max_pixels)
     except NoFaceFoundError as exc:
         print(f"fkp predict: {exc}", file=sys.stderr)
         return 3
@@ -141,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"show the traceback of a failure (or set {TRACEBACK_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_: str, parent=sub) -> argparse.ArgumentParser:
@@ -225,22 +238,47 @@ def _pipeline_lease(args: argparse.Namespace) -> contextlib.AbstractContextManag
     )
 
 
+#: loggers that print a traceback for an error they then raise; the one-line message says it once
+_RERAISING_LOGGERS = ("mlflow.store.db.utils",)
+
+
+def _quiet_reraised_errors() -> None:
+    for name in _RERAISING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a known failure prints one line and returns its exit code.
+
+    Every command first removes what killed fkp processes left behind (temporaries), and turns
+    SIGTERM/SIGHUP into a clean exit, so what a step was writing is removed and its MLflow run
+    ends FAILED. The failures :func:`fkp.safety.messages.describe` knows are printed as one line
+    (``-v`` or ``FKP_TRACEBACK=1`` adds the traceback); anything else is a bug and keeps it.
+    """
     args = build_parser().parse_args(argv)
     _show_progress()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    verbose = args.verbose or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    if not verbose:
+        _quiet_reraised_errors()
+    if threading.current_thread() is threading.main_thread():
+        exit_cleanly_on_signals()
+    remove_stale()
     try:
         with _pipeline_lease(args):
             return args.handler(args)
     except LockBusyError as exc:
         print(f"fkp {args.command}: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again when the other run has finished
-    except DataError as exc:
-        print(f"fkp {args.command}: bad input: {exc}", file=sys.stderr)
-        return 1
-    except FileNotFoundError as exc:
-        print(f"fkp {args.command}: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        failure = describe(exc)
+        if failure is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"fkp {command}: {failure.message}", file=sys.stderr)
+        return failure.code
 
 
 if __name__ == "__main__":

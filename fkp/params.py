@@ -81,6 +81,19 @@ class MlflowParams:
 
 
 @dataclass(frozen=True)
+class LimitsParams:
+    """Bounds on untrusted input, checked before the expensive part (decoding, extracting, predicting)."""
+
+    photo_max_pixels: int = 50_000_000  # width x height from the header, before decoding
+    zip_max_members: int = 100  # entries per archive (Kaggle's zip of zips: 4 + 2)
+    zip_max_member_bytes: int = 1 << 30  # uncompressed size of one entry (Kaggle's training.csv: 238 MB)
+    zip_max_total_bytes: int = 2 << 30  # uncompressed size of one archive
+    zip_max_ratio: float = 200.0  # uncompressed / compressed size of an entry (pixel CSVs: ~3)
+    csv_max_bytes: int = 1 << 30  # one imported CSV
+    serve_max_batch: int = 1024  # rows per request to the served model
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     sample: SampleParams = field(default_factory=SampleParams)
@@ -89,6 +102,7 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     mlflow: MlflowParams = field(default_factory=MlflowParams)
+    limits: LimitsParams = field(default_factory=LimitsParams)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

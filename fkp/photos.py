@@ -24,6 +24,7 @@ import numpy as np
 from fkp.atomic import write_bytes, write_text
 from fkp.errors import DataError
 from fkp.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
+from fkp.safety.image_header import DEFAULT_MAX_PIXELS, check_pixel_count
 
 #: Side of the square fed to the model, as a multiple of the Haar box side. Measured by
 #: detecting faces in real Kaggle-framed 96x96 crops (upscaled, padded into a bigger
@@ -162,11 +163,16 @@ def detect_faces(gray: np.ndarray, *, max_side: int = DETECT_MAX_SIDE) -> list[B
 # --------------------------------------------------------------------------- I/O
 
 
-def read_photo(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode a PNG/JPEG/... as 8-bit BGR (EXIF rotation applied); clear error naming the file."""
+def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a PNG/JPEG/... as 8-bit BGR (EXIF rotation applied); clear error naming the file.
+
+    The size declared in the file's header is checked against ``max_pixels`` before decoding,
+    so a small file declaring a huge picture (a decompression bomb) is refused in milliseconds.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", file=path)
+    check_pixel_count(path, max_pixels)
     data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
@@ -185,8 +191,8 @@ class _Face:
     pixels: np.ndarray  # (96, 96) uint8 model input
 
 
-def _find_face(path: Path) -> _Face:
-    image = read_photo(path)
+def _find_face(path: Path, max_pixels: int) -> _Face:
+    image = read_photo(path, max_pixels=max_pixels)
     gray = to_gray(image)
     boxes = detect_faces(gray)
     box = largest_box(boxes)
@@ -302,6 +308,7 @@ def predict_photos(
     out_dir: str | os.PathLike[str],
     *,
     tta_flip: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[dict[str, Any]]:
     """Predict the keypoints of the largest face in each photo.
 
@@ -310,13 +317,14 @@ def predict_photos(
     anything is written, so an unreadable file (:class:`DataError`) or a photo without a
     face (:class:`NoFaceFoundError`) stops the whole call cleanly. ``model_ref`` is a
     ``.keras`` path, an MLflow model URI or folder, or an already loaded Keras model.
+    A photo whose header declares more than ``max_pixels`` is refused before it is decoded.
     Returns the JSON records, each with the paths of the two files added.
     """
     from fkp.predict import predict_keypoints, resolve_model
 
     paths = [Path(p) for p in image_paths]
     _check_unique_stems(paths)
-    faces = [_find_face(path) for path in paths]
+    faces = [_find_face(path, max_pixels) for path in paths]
     if not faces:
         return []
     model = resolve_model(model_ref)
@@ -327,7 +335,7 @@ def predict_photos(
         record = keypoints_record(face, face.crop.to_photo(face_coords), tta_flip=tta_flip)
         json_path = out_dir / f"{face.path.stem}.json"
         png_path = out_dir / f"{face.path.stem}_keypoints.png"
-        ok, png = cv2.imencode(".png", draw_keypoints(read_photo(face.path), record))
+        ok, png = cv2.imencode(".png", draw_keypoints(read_photo(face.path, max_pixels=max_pixels), record))
         if not ok:
             raise RuntimeError(f"cannot encode the keypoint overlay for {face.path}")
         write_bytes(png_path, png.tobytes())

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ SUBMISSION_CSV = "submission.csv"
 GRID_PNG = "test_predictions.png"
 GRID_FACES = 16
 _PROGRESS_CHUNK = 512
+_REBUILD_HINT = "retrain with `fkp train`, or restore it with `dvc checkout models/model.keras`"
 
 # a URI scheme of two or more letters ("models:/", "runs:/", "s3://"); "C:/..." stays a path
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -53,12 +55,28 @@ def is_model_uri(model_ref: str | os.PathLike[str]) -> bool:
 
 
 def load_keras_file(path: str | os.PathLike[str]) -> keras.Model:
-    """Load a ``.keras`` file for inference, with the project's custom layers registered."""
+    """Load a ``.keras`` file for inference, with the project's custom layers registered.
+
+    A truncated, empty or otherwise unreadable file is a :class:`DataError` naming the file and
+    what to do (Keras would report "File not found" for a file that exists).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if not zipfile.is_zipfile(path):
+        size = path.stat().st_size
+        raise DataError(
+            f"is not a Keras model ({size} bytes, truncated or damaged): {_REBUILD_HINT}", file=path
+        )
     import keras
 
     import fkp.models  # noqa: F401  (registers the custom layers and losses saved models refer to)
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise DataError(f"cannot be loaded as a Keras model ({reason}): {_REBUILD_HINT}", file=path) from None
 
 
 def keras_file_in_model_dir(model_dir: str | os.PathLike[str]) -> Path:

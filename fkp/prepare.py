@@ -13,14 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from fkp.atomic import atomic_path
+from fkp.errors import DataError
 from fkp.groups import GROUPS_CSV, read_groups
 from fkp.kaggle_csv import TEST_CSV, TRAINING_CSV, TestSet, TrainingSet, read_test, read_training
 from fkp.params import SplitParams
+from fkp.safety.swap import staging_dir
 from fkp.split import Split, make_split, save_split
 
 TRAIN_NPZ = "train.npz"
 TEST_NPZ = "test.npz"
 SPLIT_JSON = "split.json"
+#: what :func:`prepare` writes; anything else in its folder (e.g. the impute stage's targets) is kept
+PREPARED_FILES = (TRAIN_NPZ, TEST_NPZ, SPLIT_JSON)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,12 @@ def load_test(path: str | Path) -> TestSet:
 
 
 def prepare(raw_dir: str | Path, out_dir: str | Path, split_params: SplitParams) -> PreparedPaths:
-    """Read ``raw_dir``'s training.csv/test.csv (+ optional groups.csv) and write the cache and split."""
+    """Read ``raw_dir``'s training.csv/test.csv (+ optional groups.csv) and write the cache and split.
+
+    The three files are written into a new folder that then replaces ``out_dir`` in one step, so a
+    crash, a kill or a full disk leaves either the old three or the new three, never a mix. Other
+    files in ``out_dir`` are carried over unchanged.
+    """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     train = read_training(raw_dir / TRAINING_CSV)
     test = read_test(raw_dir / TEST_CSV)
@@ -59,9 +68,13 @@ def prepare(raw_dir: str | Path, out_dir: str | Path, split_params: SplitParams)
     groups = read_groups(groups_path, len(train.images)) if groups_path.exists() else None
     split: Split = make_split(len(train.images), split_params.val_fraction, split_params.seed, groups)
     paths = PreparedPaths(train=out_dir / TRAIN_NPZ, test=out_dir / TEST_NPZ, split=out_dir / SPLIT_JSON)
-    save_train(paths.train, train)
-    save_test(paths.test, test)
-    save_split(split, paths.split)
+    if folders := sorted(p.name for p in out_dir.glob("[!.]*") if p.is_dir()):
+        raise DataError(f"holds folders {folders}: give prepare an output folder of its own", file=out_dir)
+    others = [p.name for p in out_dir.glob("[!.]*") if p.is_file() and p.name not in PREPARED_FILES]
+    with staging_dir(out_dir, keep=others) as stage:
+        save_train(stage / TRAIN_NPZ, train)
+        save_test(stage / TEST_NPZ, test)
+        save_split(split, stage / SPLIT_JSON)
     kind = "person-disjoint" if split.by_group else "random rows"
     print(
         f"prepared {len(train.images)} training and {len(test.images)} test images; "

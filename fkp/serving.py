@@ -1,33 +1,49 @@
 """The MLflow pyfunc wrapper that makes a trained keypoint model servable.
 
-The logged model carries the ``.keras`` file as an artifact and a copy of the ``fkp``
-package as code, so ``mlflow models serve -m models:/facial-keypoints-cnn@champion`` needs
-nothing but the pinned requirements. Requests are a DataFrame with an ``Image`` column of
-Kaggle pixel strings; responses are the 30 Kaggle coordinate columns. Flip averaging is on
-or off per model (``model_config``) and can be overridden per request (``params``).
+The logged model carries the ``.keras`` file as an artifact, a copy of the ``fkp`` package as
+code, and the model itself as code (MLflow's models-from-code, :mod:`fkp.serving_model`), not as
+a pickle: loading it runs only the reviewed source, never bytes from the artifact store.
+``mlflow models serve -m models:/facial-keypoints-cnn@champion`` needs nothing but the pinned
+requirements. Requests are a DataFrame with an ``Image`` column of Kaggle pixel strings;
+responses are the 30 Kaggle coordinate columns. Flip averaging is on or off per model
+(``model_config``) and can be overridden per request (``params``).
+
+A bad request gets HTTP 400 whose ``message`` is one line saying what is wrong (no stack trace,
+no server paths, no echo of the request); so do unknown columns and params (MLflow's schema
+enforcement would drop them with only a warning in the server log) and batches above
+``max_batch`` rows (``model_config``, env ``FKP_SERVE_MAX_BATCH`` overrides it).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+from fkp.errors import DataError
 from fkp.images import format_images, parse_images
 from fkp.keypoints import COORD_COLUMNS, IMAGE_COLUMN, IMAGE_SIZE
 from fkp.predict import KERAS_ARTIFACT, load_keras_file, predict_model_input
 
 DEFAULT_BATCH_SIZE = 256
+DEFAULT_MAX_BATCH = 1024
+MAX_BATCH_ENV = "FKP_SERVE_MAX_BATCH"
+MODEL_CODE = Path(__file__).resolve().parent / "serving_model.py"
 _REQUEST = "request"  # the "file" named in errors about a request's Image column
 # distributions the served model imports; each is pinned to the version installed here
 _SERVING_DISTRIBUTIONS = ("mlflow", "tensorflow-cpu", "tensorflow", "keras", "numpy", "pandas", "pyyaml")
@@ -69,6 +85,66 @@ def images_from_input(model_input: Any) -> np.ndarray:
     raise ValueError(f"unsupported image array dtype {x.dtype}")
 
 
+class RequestError(MlflowException):
+    """A bad request: HTTP 400 whose ``message`` is the one-line reason and nothing else.
+
+    MLflow's scoring server prefixes a failing request's message with the whole request
+    (``Failed to predict data '<DataFrame>'``); the setter below keeps the reason alone, so the
+    answer stays one line and echoes nothing back.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self._reason = " ".join(str(reason).split())
+        super().__init__(self._reason, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._reason
+
+    @message.setter
+    def message(self, _value: str) -> None:
+        pass
+
+
+class _DroppedInputs(logging.Filter):
+    """Collects, per thread, what MLflow's schema enforcement is about to drop from a request.
+
+    MLflow ignores unknown columns and params with a warning just before it calls the model, in
+    the same thread; the model then refuses the request instead of silently ignoring them.
+    """
+
+    _MARKERS = ("Found extra inputs", "Unrecognized params")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self._MARKERS):
+            self.local.__dict__.setdefault("messages", []).append(message)
+        return True
+
+    def pop(self) -> list[str]:
+        return self.local.__dict__.pop("messages", [])
+
+
+_DROPPED = _DroppedInputs()
+
+
+def refusal_for_dropped(messages: list[str]) -> str | None:
+    """The one-line refusal for inputs MLflow dropped (see :class:`_DroppedInputs`), if any."""
+    reasons = []
+    for message in messages:
+        names = re.search(r"\[[^\]]*\]", message)
+        listed = names.group(0) if names else "?"
+        if message.startswith("Found extra inputs"):
+            reasons.append(f"unknown column(s) {listed}: a request has only the column {IMAGE_COLUMN!r}")
+        else:
+            reasons.append(f"unknown param(s) {listed}: the only param is 'tta_flip'")
+    return "; ".join(reasons) or None
+
+
 class KeypointPyfunc(mlflow.pyfunc.PythonModel):
     """Serves a Keras keypoint model: Kaggle ``Image`` strings (or pixel arrays) in, 30 coordinates out."""
 
@@ -77,6 +153,10 @@ class KeypointPyfunc(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         self._tta_flip = _as_bool(config.get("tta_flip", True))
         self._batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        self._max_batch = int(os.environ.get(MAX_BATCH_ENV) or config.get("max_batch", DEFAULT_MAX_BATCH))
+        for name in ("mlflow.models.utils", "mlflow.pyfunc"):
+            if _DROPPED not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(_DROPPED)
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -87,11 +167,27 @@ class KeypointPyfunc(mlflow.pyfunc.PythonModel):
         callers of the unwrapped model may also pass a pixel array (see :func:`images_from_input`).
         ``params={"tta_flip": False}`` switches flip averaging off for this request.
         """
-        x = images_from_input(model_input)
+        if refusal := refusal_for_dropped(_DROPPED.pop()):
+            raise RequestError(refusal)
+        if len(model_input) > self._max_batch:
+            raise RequestError(
+                f"{len(model_input)} rows in one request, above the limit of {self._max_batch}: "
+                "split the request"
+            )
+        try:
+            x = images_from_input(model_input)
+        except (DataError, ValueError) as error:
+            raise RequestError(str(error)) from None
         tta_flip = self._tta_flip
         if params and params.get("tta_flip") is not None:
             tta_flip = _as_bool(params["tta_flip"])
-        coords = predict_model_input(self._model, x, tta_flip=tta_flip, batch_size=self._batch_size)
+        try:
+            coords = predict_model_input(self._model, x, tta_flip=tta_flip, batch_size=self._batch_size)
+        except Exception:
+            logging.getLogger(__name__).exception("prediction failed")
+            raise MlflowException(
+                "prediction failed (see the server log)", error_code=INTERNAL_ERROR
+            ) from None
         index = model_input.index if isinstance(model_input, pd.DataFrame) else None
         return pd.DataFrame(coords.astype(np.float64), columns=list(COORD_COLUMNS), index=index)
 
@@ -144,11 +240,13 @@ def log_keypoint_model(
     name: str = "model",
     tta_flip: bool = True,
     input_example_images: np.ndarray | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> ModelInfo:
     """Log ``keras_path`` as a servable pyfunc model in the active MLflow run.
 
     ``input_example_images`` (uint8 (m, 96, 96)) supplies the stored request example (first
-    two faces); by default two synthetic images are used. Register the returned
+    two faces); by default two synthetic images are used. ``max_batch`` bounds the rows of one
+    request to the served model. Register the returned
     ``model_uri`` to make it a version of the registered model.
     """
     if mlflow.active_run() is None:
@@ -157,13 +255,15 @@ def log_keypoint_model(
     if not keras_path.is_file():
         raise FileNotFoundError(f"model not found: {keras_path}")
     with tempfile.TemporaryDirectory(prefix="fkp-code-") as tmp:
+        staged = Path(tmp) / "model.keras"  # the artifact's name, whatever the file is called here
+        shutil.copyfile(keras_path, staged)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=KeypointPyfunc(),
-            artifacts={KERAS_ARTIFACT: str(keras_path)},
+            python_model=str(MODEL_CODE),
+            artifacts={KERAS_ARTIFACT: str(staged)},
             code_paths=[str(_copy_package(Path(tmp)))],
             signature=model_signature(tta_flip),
             input_example=input_example(input_example_images),
             pip_requirements=serving_requirements(),
-            model_config={"tta_flip": tta_flip, "batch_size": DEFAULT_BATCH_SIZE},
+            model_config={"tta_flip": tta_flip, "batch_size": DEFAULT_BATCH_SIZE, "max_batch": max_batch},
         )

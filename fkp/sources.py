@@ -1,12 +1,14 @@
 """The two ways real Kaggle data gets in: the Kaggle API, or files a user downloaded.
 
-Either way the files are checked (right names, right header), copied into
-``data/raw/kaggle/`` through a temporary folder (a bad input never leaves a half-copied
-folder behind) and tracked with ``dvc add``, so git only ever sees the small ``.dvc`` file.
+Either way the files are checked (right names, sane sizes, text, right header; zips against the
+limits of :mod:`fkp.safety.archives`), copied into ``data/raw/kaggle/`` through a temporary folder
+(a bad input never leaves a half-copied folder behind) and tracked with ``dvc add``, so git only
+ever sees the small ``.dvc`` file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -18,65 +20,145 @@ from pathlib import Path
 import pandas as pd
 
 from fkp.errors import DataError
+from fkp.groups import GROUPS_COLUMNS, GROUPS_CSV
 from fkp.kaggle_csv import ID_LOOKUP_CSV, SAMPLE_SUBMISSION_CSV, TEST_CSV, TRAINING_CSV
 from fkp.keypoints import ID_LOOKUP_COLUMNS, SUBMISSION_COLUMNS, TEST_COLUMNS, TRAINING_COLUMNS
+from fkp.params import LimitsParams
+from fkp.safety.archives import ArchiveLimits, extract
+from fkp.safety.owner import token
+from fkp.safety.swap import staging_dir
 
 COMPETITION = "facial-keypoints-detection"
 DEFAULT_DEST = Path("data/raw/kaggle")
 REQUIRED = {TRAINING_CSV: TRAINING_COLUMNS, TEST_CSV: TEST_COLUMNS, ID_LOOKUP_CSV: ID_LOOKUP_COLUMNS}
-OPTIONAL = {SAMPLE_SUBMISSION_CSV: SUBMISSION_COLUMNS}
+#: optional files are kept when present; groups.csv keeps the split person-disjoint
+OPTIONAL = {SAMPLE_SUBMISSION_CSV: SUBMISSION_COLUMNS, GROUPS_CSV: GROUPS_COLUMNS}
 
 
 class KaggleCredentialsError(RuntimeError):
     """No Kaggle API credentials: say exactly where they go and what the alternative is."""
 
 
-def _extract_zips(folder: Path) -> None:
-    """Unpack Kaggle's archives (the competition zip holds training.zip and test.zip)."""
-    for _ in range(2):  # the download is a zip of zips
-        for archive in sorted(folder.rglob("*.zip")):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(archive.parent)
-            archive.unlink()
+WANTED = {**REQUIRED, **OPTIONAL}
+_SNIFF_BYTES = 1 << 16
 
 
-def _find(folder: Path, name: str) -> Path | None:
-    matches = sorted(folder.rglob(name))
-    return matches[0] if matches else None
+class _Staging:
+    """Files gathered from the user's folder or zip, each with the name the user knows it by.
+
+    Errors name ``label`` (``~/Downloads/kaggle.zip > training.zip > training.csv``), never the
+    temporary path the file was staged at.
+    """
+
+    def __init__(self, root: Path, limits: ArchiveLimits) -> None:
+        self.root = root
+        self.limits = limits
+        self.labels: dict[Path, str] = {}
+
+    def add_archive(self, archive: Path, label: str, depth: int = 0) -> None:
+        """Extract (checked) into a folder of its own; archives inside it are extracted too."""
+        folder = Path(tempfile.mkdtemp(prefix="zip-", dir=self.root))
+        for path in extract(archive, folder, label, self.limits):
+            inner = f"{label} > {path.relative_to(folder).as_posix()}"
+            if path.suffix.lower() == ".zip" and depth < 1:  # Kaggle's download is a zip of zips
+                self.add_archive(path, inner, depth + 1)
+                path.unlink()
+            elif path.name in WANTED:
+                self.labels[path] = inner
+
+    def add_file(self, source: Path, label: str) -> None:
+        """Copy one file of the user's folder (a symlink is followed; a loop or dangling link is named)."""
+        try:
+            source.stat()
+        except OSError as error:
+            why = "symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
+            raise DataError(why, file=label) from None
+        if source.suffix.lower() == ".zip":
+            self.add_archive(source, label)
+            return
+        target = Path(tempfile.mkdtemp(prefix="file-", dir=self.root)) / source.name
+        shutil.copyfile(source, target)
+        self.labels[target] = label
+
+    def add_folder(self, folder: Path) -> None:
+        """The wanted files and zips of a folder tree; symlinked folders are not entered (no loops)."""
+        for root, _dirs, names in os.walk(folder, followlinks=False):
+            for name in sorted(names):
+                if name in WANTED or name.lower().endswith(".zip"):
+                    self.add_file(Path(root) / name, str(Path(root) / name))
+
+    def find(self, name: str) -> tuple[Path, str] | None:
+        """The first staged file called ``name`` (by the user's label), with its label."""
+        hits = sorted((label, path) for path, label in self.labels.items() if path.name == name)
+        return (hits[0][1], hits[0][0]) if hits else None
 
 
-def check_header(path: Path, expected: tuple[str, ...]) -> None:
+def check_csv_file(path: Path, label: str, max_bytes: int) -> None:
+    """Refuse an empty, oversized or binary CSV before pandas sees it."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError("is empty (0 bytes): download it again", file=label)
+    if size > max_bytes:
+        raise DataError(
+            f"is {size:,} bytes, above the limit of {max_bytes:,} (limits.csv_max_bytes in params.yaml)",
+            file=label,
+        )
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    if (zero := head.find(b"\0")) >= 0:
+        raise DataError(f"is not a text CSV (binary data at byte {zero})", file=label)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # a multi-byte character cut by the sniff window is fine
+            raise DataError(f"is not a UTF-8 text CSV (byte {error.start} is invalid)", file=label) from None
+
+
+def check_header(path: Path, expected: tuple[str, ...], label: str | None = None) -> None:
     """Fail with the file name and the missing/unexpected columns if the header is not Kaggle's."""
-    header = pd.read_csv(path, nrows=0).columns.tolist()
+    label = label or str(path)
+    try:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"has no readable CSV header ({_first_line(error)})", file=label) from None
     missing = [c for c in expected if c not in header]
     if missing:
         extra = [c for c in header if c not in expected]
-        raise DataError(f"missing column(s) {missing}; unexpected column(s) {extra}", file=path)
+        raise DataError(f"missing column(s) {missing}; unexpected column(s) {extra}", file=label)
 
 
-def collect_kaggle_files(src: str | Path, workdir: Path) -> dict[str, Path]:
-    """Find (unzipping if needed) and header-check the Kaggle files under ``src``."""
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def collect_kaggle_files(
+    src: str | Path, workdir: Path, limits: LimitsParams | None = None
+) -> dict[str, Path]:
+    """Find (unzipping safely if needed) and check the Kaggle files under ``src``.
+
+    Returns staged copies inside ``workdir``; every error names the user's file.
+    """
     src = Path(src)
+    limits = limits or LimitsParams()
     if not src.exists():
         raise DataError("no such file or folder", file=src)
-    staging = workdir / "unpacked"
+    staging = _Staging(workdir, ArchiveLimits.from_params(limits))
     if src.is_file():
-        staging.mkdir(parents=True)
-        if zipfile.is_zipfile(src):
-            shutil.copy2(src, staging / src.name)
-        else:
+        if src.suffix.lower() != ".zip" and not zipfile.is_zipfile(src):
             raise DataError("expected a folder of Kaggle CSVs or Kaggle's zip archive", file=src)
+        staging.add_archive(src, str(src))
     else:
-        shutil.copytree(src, staging)
-    _extract_zips(staging)
+        staging.add_folder(src)
     found: dict[str, Path] = {}
-    for name, columns in {**REQUIRED, **OPTIONAL}.items():
-        path = _find(staging, name)
-        if path is None:
+    for name, columns in WANTED.items():
+        hit = staging.find(name)
+        if hit is None:
             if name in REQUIRED:
                 raise DataError(f"{name} not found (need {', '.join(REQUIRED)})", file=src)
             continue
-        check_header(path, columns)
+        path, label = hit
+        check_csv_file(path, label, limits.csv_max_bytes)
+        check_header(path, columns, label)
         found[name] = path
     return found
 
@@ -86,20 +168,26 @@ def dvc_add(path: Path) -> None:
     subprocess.run([sys.executable, "-m", "dvc", "add", str(path)], check=True)
 
 
-def import_dir(src: str | Path, dest: str | Path = DEFAULT_DEST, *, track: bool = True) -> Path:
-    """Check and copy user-downloaded Kaggle files into ``dest``, then ``dvc add`` it."""
+def import_dir(
+    src: str | Path,
+    dest: str | Path = DEFAULT_DEST,
+    *,
+    track: bool = True,
+    limits: LimitsParams | None = None,
+) -> Path:
+    """Check and copy user-downloaded Kaggle files into ``dest``, then ``dvc add`` it.
+
+    The files are staged beside ``dest`` and the new folder replaces the old one in one step, so a
+    bad input, a crash or a kill leaves the previous data as it was; a kill's staging folder is
+    removed at the next start (:func:`fkp.safety.leftovers.remove_stale`).
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".import-") as tmp:
-        files = collect_kaggle_files(src, Path(tmp))
-        ready = Path(tmp) / "ready"
-        ready.mkdir()
-        for name, path in files.items():
-            shutil.copy2(path, ready / name)
-        if dest.exists():
-            old = Path(tmp) / "previous"
-            dest.rename(old)
-        ready.rename(dest)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".import.{token()}.") as tmp:
+        files = collect_kaggle_files(src, Path(tmp), limits)
+        with staging_dir(dest) as ready:
+            for name, path in files.items():
+                os.replace(path, ready / name)
     print(f"imported {', '.join(sorted(files))} into {dest}")
     if track:
         dvc_add(dest)

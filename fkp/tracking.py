@@ -35,6 +35,7 @@ from mlflow.entities import LifecycleStage
 
 from fkp import atomic
 from fkp.params import Params, flatten
+from fkp.safety.stale_runs import close_dead_runs, owner_tags
 
 DEFAULT_EXPERIMENT = "fkp"
 ARTIFACTS_ENV = "FKP_MLFLOW_ARTIFACTS"
@@ -94,6 +95,8 @@ def configure(
     the experiment the other process made; a deleted experiment of that name is restored.
     """
     global _configured_experiment_id
+    if tracking_uri is None and artifact_root is None:
+        follow_moved_project()
     uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -114,6 +117,22 @@ def configure(
     mlflow.set_experiment(experiment_id=experiment_id)
     _configured_experiment_id = experiment_id
     return experiment_id
+
+
+def follow_moved_project(root: str | Path | None = None) -> None:
+    """Keep a copied or moved project's default store writing artifacts inside the project.
+
+    Only the project's own defaults are touched (``mlflow.db`` and ``mlartifacts`` at ``root``,
+    default the working directory, with neither environment override set); see
+    :mod:`fkp.safety.relocate`.
+    """
+    from fkp.safety.relocate import relocate_store
+
+    if os.environ.get("MLFLOW_TRACKING_URI") or os.environ.get(ARTIFACTS_ENV):
+        return
+    root = Path(root) if root is not None else Path.cwd()
+    if (root / "mlflow.db").is_file():
+        relocate_store(root / "mlflow.db", root)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -262,10 +281,13 @@ def start_run(
     run keeps its training-time provenance; it only gains ``tags``, params it did not have yet, and
     the flow run id if it had none. If :func:`configure` was not called in this process, the
     defaults and ``params.mlflow.experiment`` are used. The run ends FAILED if the body raises.
+    Runs of the experiment that killed processes left RUNNING are closed first, and the run records
+    its process (:mod:`fkp.safety.stale_runs`) so a later start can tell whether it is still alive.
     """
     if _configured_experiment_id is None:
         configure(experiment=params.mlflow.experiment)
     data_dir = Path(raw_dir) if raw_dir is not None else Path("data/raw") / params.data.source
+    close_dead_runs([_configured_experiment_id])  # runs that killed processes left RUNNING
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
         resumed = run_id is not None
         if resumed:
@@ -274,7 +296,7 @@ def start_run(
                 extra[TAG_FLOW_RUN] = flow
         else:
             extra = provenance_tags(data_dir)
-        mlflow.set_tags({**extra, **{k: str(v) for k, v in (tags or {}).items()}})
+        mlflow.set_tags({**extra, **owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}})
         _log_params(run.info.run_id, flatten(params), resumed)
         yield run
 

@@ -87,17 +87,22 @@ def run_train(
             params.train,
             callbacks=[MlflowEpochLogger(run_id)],
         )
-        with atomic.atomic_path(model_out) as tmp:
-            result.model.save(tmp)
-        write_history(history_out, result.history)
         seconds = time.perf_counter() - start
         best_val_rmse = float(result.best_val_rmse)
         tracking.log_metrics_dict(
             {"best_val_rmse": best_val_rmse, "best_epoch": result.best_epoch, "train_seconds": seconds}
         )
-        info = log_keypoint_model(
-            Path(model_out), tta_flip=params.train.tta_flip, input_example_images=data.images[split.val[:2]]
-        )
+        # the new model replaces the old one only once it is logged, and the hand-over follows at
+        # once: a kill in between leaves the previous model, history and run.json, still matching
+        with atomic.atomic_path(model_out) as tmp:
+            result.model.save(tmp)
+            info = log_keypoint_model(
+                tmp,
+                tta_flip=params.train.tta_flip,
+                input_example_images=data.images[split.val[:2]],
+                max_batch=params.limits.serve_max_batch,
+            )
+        write_history(history_out, result.history)
         tracking.write_run_id(run_file, run_id, model_uri=info.model_uri, split_id=split.split_id)
     print(f"best epoch {result.best_epoch}: val RMSE {best_val_rmse:.3f} px ({seconds:.0f} s)")
     return TrainOutcome(run_id, info.model_uri, result.best_epoch, best_val_rmse, seconds)

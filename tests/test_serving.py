@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,6 +98,8 @@ def test_logged_model_is_self_describing(champion):
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion["uri"]))
     assert (local / "code" / "fkp" / "serving.py").is_file()  # the code travels with the model
+    assert (local / "serving_model.py").is_file()  # the model is logged as code (models-from-code) ...
+    assert not list(local.rglob("*.pkl"))  # ... and nothing is unpickled when it is loaded
     assert not list((local / "code").rglob("__pycache__"))
     assert predict.keras_file_in_model_dir(local).name == "model.keras"
     requirements = (local / "requirements.txt").read_text().splitlines()
@@ -123,13 +126,19 @@ def test_array_inputs_give_the_same_answer(champion):
     np.testing.assert_allclose(by_uint8.to_numpy(), by_strings.to_numpy(), atol=1e-6)
     np.testing.assert_allclose(by_float.to_numpy(), by_strings.to_numpy(), atol=1e-4)
 
-    with pytest.raises(ValueError, match="0..1"):
+    with pytest.raises(serving.RequestError, match="0..1"):
         python_model.predict(None, images.astype(np.float32))  # 0..255 floats: ambiguous, refused
-    with pytest.raises(ValueError, match=r"\(n, 96, 96\)"):
+    with pytest.raises(serving.RequestError, match=r"\(n, 96, 96\)"):
         python_model.predict(None, np.zeros((2, 64, 64), np.uint8))
     bad = pd.DataFrame({"Image": [format_images(images[:1])[0], "1 2 3"]})
-    with pytest.raises(DataError, match=r"row 2.*'Image'.*3 pixel values"):
+    with pytest.raises(serving.RequestError, match=r"row 2.*'Image'.*3 pixel values") as caught:
         python_model.predict(None, bad)
+    assert caught.value.get_http_status_code() == 400
+
+
+def test_parse_errors_stay_data_errors_outside_serving():
+    with pytest.raises(DataError, match=r"row 1.*'Image'.*3 pixel values"):
+        serving.images_from_input(pd.DataFrame({"Image": ["1 2 3"]}))
 
 
 def test_logging_needs_an_active_run(keras_model, store):
@@ -143,6 +152,15 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _post_error(url: str, payload: dict) -> tuple[int, dict]:
+    """POST a request the server must refuse; its status and JSON body."""
+    try:
+        _post(url, payload)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    pytest.fail("the server accepted a bad request")
 
 
 def _post(url: str, payload: dict) -> dict:
@@ -162,6 +180,7 @@ def test_mlflow_models_serve_answers_invocations(champion, store, keras_model, t
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": store["uri"],
+        serving.MAX_BATCH_ENV: "4",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
     command = [f"{bin_dir}/mlflow", "models", "serve", "-m", champion["uri"], "--env-manager", "local"]
@@ -200,6 +219,26 @@ def test_mlflow_models_serve_answers_invocations(champion, store, keras_model, t
         answer = _post(f"{base}/invocations", {"dataframe_split": frame, "params": {"tta_flip": False}})
         got = np.array([[row[c] for c in COORD_COLUMNS] for row in answer["predictions"]])
         np.testing.assert_allclose(got, model.predict(to_model_input(images), verbose=0), atol=1e-4)
+
+        # bad requests: 400, one line naming what is wrong, no stack trace, paths or echo of the data
+        short = {"columns": ["Image"], "data": [[s] for s in format_images(images[:1])] + [["1 2 3"]]}
+        extra = {"columns": ["Image", "Id"], "data": [[s, 1] for s in format_images(images[:1])]}
+        cases = [
+            ({"dataframe_split": short}, r"^request, row 2 \(line 3\), column 'Image': .*3 pixel values"),
+            ({"dataframe_split": extra}, r"^unknown column\(s\) \['Id'\]"),
+            ({"dataframe_split": frame, "params": {"flip": 1}}, r"^unknown param\(s\) \['flip'\]"),
+            (
+                {"dataframe_split": {**frame, "data": frame["data"] * 2}},
+                r"^6 rows in one request, above .* 4",
+            ),
+        ]
+        for payload, expected in cases:
+            status, body = _post_error(f"{base}/invocations", payload)
+            assert status == 400, (payload.keys(), body)
+            assert set(body) >= {"error_code", "message"} and "stack_trace" not in body
+            assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert re.search(expected, body["message"]), body["message"]
+            assert "\n" not in body["message"] and "/" not in body["message"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
