@@ -118,6 +118,7 @@ def prefect_api(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
+        "PREFECT_UI_API_URL": url,  # the UI asks 127.0.0.1:4200 otherwise
     }
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
@@ -161,3 +162,38 @@ def prefect_api(tmp_path_factory):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: apt-get install -y chromium
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+#: screenshots the browser tests leave for people to look at (git-ignored)
+SCREENSHOTS = ROOT / "tests" / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium driven by Playwright (no browser download); in CI it must exist."""
+    if not CHROMIUM.is_file():
+        message = f"{CHROMIUM} not found: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()

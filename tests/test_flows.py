@@ -321,6 +321,29 @@ def test_retrain_runs_every_dvc_stage_as_a_task_and_leaves_dvc_clean(flow_projec
 
 
 @pytest.mark.slow
+def test_prefect_ui_shows_the_run_its_stages_and_its_summary(prefect_api, first_retrain, chromium) -> None:
+    from conftest import SCREENSHOTS
+
+    flow_run_id = str(first_retrain.state_details.flow_run_id)
+    page = chromium.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(90_000)
+    page.goto(f"{prefect_api['ui']}/runs/flow-run/{flow_run_id}")
+    page.get_by_text("retrain-sample-").first.wait_for()
+    page.get_by_text("Finished in state Completed()").first.wait_for()  # the logs tab
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "prefect_flow_run.png"))
+    page.get_by_text("Task Runs", exact=True).first.click()
+    page.get_by_text("evaluate").first.wait_for()
+    body = page.inner_text("body")
+    assert all(stage in body for stage in STAGES), body[:2000]
+    page.screenshot(path=str(SCREENSHOTS / "prefect_task_runs.png"))
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.get_by_text("retrain-summary").first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "prefect_artifacts.png"))
+    page.close()
+
+
+@pytest.mark.slow
 def test_after_dvc_repro_the_retrain_is_skipped(flow_project, first_retrain) -> None:
     params = yaml.safe_load((flow_project / "params.yaml").read_text())
     params["train"]["lr"] = params["train"]["lr"] / 2
