@@ -9,6 +9,7 @@ machine code and a one-line message saying what is wrong and what to do.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -56,23 +57,28 @@ def read_header(data: bytes, limits: Limits) -> ImageHeader:
     """Format and size of an uploaded image from its header alone; refuses what breaks ``limits``."""
     if not data:
         raise RequestError(400, "empty_body", "the request has no image: send a JPEG or PNG photo")
+    claimed: str | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             with Image.open(io.BytesIO(data)) as image:
                 header = ImageHeader(str(image.format), *image.size)
-    except Image.DecompressionBombError:
-        header = None
+    except Image.DecompressionBombError as error:  # over Pillow's own, far higher limit
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        claimed = f"{int(found[1]):,} pixels" if found else "far too many pixels"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise RequestError(
             415, "unsupported_image", "the body is not a JPEG or PNG image: send a .jpg or .png photo"
         ) from None
-    if header is None or header.pixels > limits.max_pixels:
-        size = f"{header.width}x{header.height} pixels" if header else "far too many pixels"
+    else:
+        if header.pixels > limits.max_pixels:
+            claimed = f"{header.width}x{header.height} pixels"
+    if claimed is not None:
         raise RequestError(
             413,
             "too_many_pixels",
-            f"the image has {size}; the limit is {limits.max_pixels / 1e6:g} megapixels: send a smaller one",
+            f"the image has {claimed}; the limit is {limits.max_pixels / 1e6:g} megapixels: "
+            "send a smaller one",
         )
     if header.format not in ACCEPTED_FORMATS:
         raise RequestError(

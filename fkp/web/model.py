@@ -62,6 +62,18 @@ def alias_target(ref: str) -> tuple[str, str] | None:
     return (match["name"], match["alias"]) if match else None
 
 
+def _check_store_exists(ref: str) -> None:
+    """Refuse a SQLite store that is not there, rather than let MLflow create an empty one."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ModelUnavailableError(
+            f"no MLflow store at {uri.removeprefix('sqlite:///')} to find {ref} in: run `dvc repro` first "
+            "(or set MLFLOW_TRACKING_URI), or pass --model path/to/model.keras"
+        )
+
+
 def resolve(ref: str) -> tuple[str, str | None, str]:
     """``(uri to load, registered name or None, version)`` of a model reference.
 
@@ -76,6 +88,7 @@ def resolve(ref: str) -> tuple[str, str | None, str]:
         from mlflow.exceptions import MlflowException
 
         name, alias = target
+        _check_store_exists(ref)
         try:
             version = MlflowClient().get_model_version_by_alias(name, alias).version
         except MlflowException:
