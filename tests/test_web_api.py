@@ -82,7 +82,7 @@ def test_photo_answer_is_the_models_prediction_mapped_into_the_photo(server, ker
         assert status == 200, answer
         assert answer["input"] == "photo"
         assert answer["image"] == {"format": "JPEG", "width": 640, "height": 480}
-        assert answer["model"]["uri"] == str(tiny_model) and answer["model"]["version"].startswith("file:")
+        assert answer["model"]["uri"] == tiny_model.name and answer["model"]["version"].startswith("file:")
         assert set(answer["timing_ms"]) == {"decode", "detect", "predict", "total"}
         [face] = answer["faces"]
         got = _points(face)

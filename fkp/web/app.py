@@ -140,10 +140,10 @@ def create_app(
     """The app serving ``holder``'s model; polls the registry every ``poll_seconds`` (0: never)."""
     limits = limits or Limits()
     metrics = Metrics()
-    metrics.set_model(holder.current.ref, holder.current.version)
+    metrics.set_model(holder.current.describe()["ref"], holder.current.version)
 
     def swapped(old: ServedModel, new: ServedModel) -> None:
-        metrics.set_model(new.ref, new.version)
+        metrics.set_model(new.describe()["ref"], new.version)
         metrics.reloads.inc()
 
     holder.on_swap = swapped

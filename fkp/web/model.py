@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from fkp.keypoints import IMAGE_SIZE
+from fkp.predict import is_model_uri
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -47,6 +48,14 @@ class ServedModel:
     loaded_at: float
 
     def describe(self) -> dict[str, Any]:
+        """What answers say about the model; a file is named without its folder (no server paths)."""
+        if self.name is None and not is_model_uri(self.ref):
+            return {
+                "ref": Path(self.ref).name,
+                "uri": Path(self.uri).name,
+                "name": None,
+                "version": self.version,
+            }
         return {"ref": self.ref, "uri": self.uri, "name": self.name, "version": self.version}
 
     def predict(self, crops_u8: np.ndarray) -> np.ndarray:
@@ -80,8 +89,6 @@ def resolve(ref: str) -> tuple[str, str | None, str]:
     An alias is looked up in the registry now; a ``.keras`` file is versioned by a hash of its
     bytes, so a retrained file shows up as a new version too.
     """
-    from fkp.predict import is_model_uri
-
     target = alias_target(ref)
     if target:
         from mlflow import MlflowClient
