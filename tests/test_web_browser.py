@@ -10,6 +10,7 @@ CI (``CI=true``), where a missing browser is a failure.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -66,6 +67,9 @@ def page(server):
             tab.set_default_timeout(TIMEOUT_MS)
             requested: list[str] = []
             tab.on("request", lambda request: requested.append(request.url))
+            tab.console_log = []
+            tab.on("console", lambda m: tab.console_log.append(m.text))
+            tab.on("pageerror", lambda e: tab.console_log.append(str(e)))
             tab.goto(server.url + "/")
             tab.requested = requested
             yield tab
@@ -138,6 +142,26 @@ def test_a_photo_uploaded_in_the_browser_shows_its_15_keypoints(server, page, tm
     # everything the page loaded came from the server itself (or from the page's own data)
     foreign = [u for u in page.requested if not u.startswith((server.url, "data:", "blob:"))]
     assert not foreign, foreign
+
+
+def test_a_dropped_photo_is_predicted(server, page):
+    photo = synthetic_photos(1, seed=6)[0]
+    page.evaluate("window.fkpResult = null")
+    page.evaluate(
+        """(b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const files = new DataTransfer();
+          files.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+          const drop = new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true });
+          document.getElementById("drop").dispatchEvent(drop);
+        }""",
+        base64.b64encode(photo.data).decode("ascii"),
+    )
+    page.wait_for_function("window.fkpResult !== null")
+    shown = page.evaluate("window.fkpResult")
+    assert shown.get("faces"), (shown, page.console_log)
+    page.wait_for_selector('#view[data-points="15"]')
+    assert shown["faces"] == post(f"{server.url}/v1/keypoints?faces=5", photo.data)[1]["faces"]
 
 
 def test_an_example_face_and_a_refusal(server, page):

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fkp.photos import detect_faces
+from fkp.photos import detect_faces, to_gray
 
 #: Seconds a server may take to load its model and open its port (a bound, not a speed check).
 STARTUP_TIMEOUT = 180
@@ -61,8 +61,8 @@ def synthetic_photos(
 ) -> list[Photo]:
     """``n`` synthetic sample faces, enlarged ``zoom`` times into a gray ``size`` picture.
 
-    Only faces OpenCV's detector finds are kept (about 3 in 5 are), so each photo has a face
-    the server must find. The true keypoints are mapped the same way as the pixels.
+    Only photos where OpenCV's detector finds exactly one face are kept (about half), so each
+    has one face the server must find. The true keypoints are mapped the same way as the pixels.
     """
     from fkp.sample import generate_sample
 
@@ -74,11 +74,11 @@ def synthetic_photos(
         x0, y0 = (width - side) // 2 + 17, (height - side) // 2 - 9
         canvas = np.full((height, width), 128, np.uint8)
         canvas[y0 : y0 + side, x0 : x0 + side] = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-        if not detect_faces(canvas):
-            continue
-        truth = coords.reshape(15, 2) * zoom + (x0, y0)  # continuous coordinates scale exactly
         ok, encoded = cv2.imencode(fmt, cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
         assert ok
+        if len(detect_faces(to_gray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)))) != 1:  # as the server sees it
+            continue
+        truth = coords.reshape(15, 2) * zoom + (x0, y0)  # continuous coordinates scale exactly
         out.append(Photo(encoded.tobytes(), width, height, truth))
         if len(out) == n:
             return out
