@@ -151,6 +151,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.limiter = anyio.CapacityLimiter(workers)
+        page_html()  # render the example faces now, not on the first visitor's time
         holder.start_polling(poll_seconds)
         try:
             yield
