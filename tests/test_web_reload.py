@@ -121,3 +121,25 @@ def test_moving_the_alias_swaps_the_model_without_a_failed_request(registry):
         assert f'fkp_model_info{{ref="models:/{NAME}@champion",version="2"}} 1.0' in text
         assert 'version="1"' not in text
         assert "now serving version 2 (was 1)" in server.log_text()
+
+
+def test_a_champion_that_cannot_be_loaded_leaves_the_served_one_in_place(registry, caplog):
+    from fkp.web.model import ModelHolder, load
+
+    client = registry["client"]
+    client.set_registered_model_alias(NAME, "champion", "1")
+    holder = ModelHolder(load(f"models:/{NAME}@champion", tta_flip=False))
+    swaps = []
+    holder.on_swap = lambda old, new: swaps.append((old.version, new.version))
+    assert holder.refresh() is False and holder.current.version == "1"  # alias unchanged: nothing to do
+
+    broken = client.create_model_version(NAME, (registry["root"] / "missing-model").as_uri())
+    client.set_registered_model_alias(NAME, "champion", broken.version)
+    with caplog.at_level("WARNING", logger="fkp.web.model"):
+        assert holder.refresh() is False
+    assert holder.current.version == "1" and not swaps
+    assert "still serving version 1" in caplog.text
+
+    client.set_registered_model_alias(NAME, "champion", "2")
+    assert holder.refresh() is True
+    assert holder.current.version == "2" and swaps == [("1", "2")]
