@@ -31,6 +31,8 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
+    "--use-fake-device-for-media-stream",  # a synthetic camera (a test pattern, no face)
+    "--use-fake-ui-for-media-stream",  # camera permission granted without a prompt
 ]
 TIMEOUT_MS = 60_000  # a bound on waiting for the page, not a speed check
 
@@ -176,3 +178,15 @@ def test_an_example_face_and_a_refusal(server, page):
     page.wait_for_selector("#status.error")
     assert "not a JPEG or PNG" in page.inner_text("#status")
     assert page.get_attribute("#view", "data-points") == "0"
+
+
+def test_the_camera_photo_is_sent_to_the_api(server, page):
+    page.evaluate("window.fkpResult = null")
+    page.click("#camera")
+    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    page.click("#snap")
+    page.wait_for_function("window.fkpResult !== null")
+    # the fake camera shows a test pattern: the frame arrived as a JPEG and no face was in it
+    assert page.evaluate("window.fkpResult.error.code") == "no_face_found"
+    assert "no face found" in page.inner_text("#status")
+    assert not page.is_visible("#video")
