@@ -143,6 +143,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fkp.web.limits import Limits
+    from fkp.web.server import serve
+
+    limits = Limits(round(args.max_body_mb * 1024 * 1024), round(args.max_megapixels * 1e6), args.max_faces)
+    tta = _params(args).train.tta_flip
+    serve(args.model, host=args.host, port=args.port, limits=limits, poll_seconds=args.poll, tta_flip=tta)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
@@ -210,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a .keras file or an MLflow model URI (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, default=Path("reports/predict"))
+
+    p = add("serve", cmd_serve, "web page and photo API (POST /v1/keypoints) for a model")
+    p.add_argument("--model", default="models:/facial-keypoints-cnn@champion", help="as for predict")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--poll", type=float, default=30.0, help="seconds between alias checks; 0: never")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload (default: %(default)s)")
+    p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo (default: %(default)s)")
+    p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
 
     return parser
 

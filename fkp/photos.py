@@ -202,21 +202,39 @@ def _find_face(path: Path, max_pixels: int) -> _Face:
     return _Face(path, gray.shape[1], gray.shape[0], box, len(boxes), crop, extract_crop(gray, crop))
 
 
-def keypoints_record(face: _Face, coords: np.ndarray, *, tta_flip: bool) -> dict[str, Any]:
-    """The JSON written for one photo: keypoint name -> [x, y] in photo pixels, plus the boxes."""
+def face_record(box: Box, crop: FaceCrop, coords: np.ndarray) -> dict[str, Any]:
+    """One face as JSON: its detected box, the square fed to the model, keypoint name -> [x, y].
+
+    ``coords`` are the 30 coordinates in photo pixels. The photo tool and the web API both
+    answer with this shape, so a client reads either the same way.
+    """
     pairs = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    b, c = face.box, face.crop
     return {
-        "image": str(face.path),
-        "image_size": {"width": face.width, "height": face.height},
-        "faces_detected": face.n_faces,
-        "face_box": {"x": round(b.x, 2), "y": round(b.y, 2), "width": round(b.w, 2), "height": round(b.h, 2)},
-        "crop_box": {"x": c.x0, "y": c.y0, "size": c.size},
-        "tta_flip": tta_flip,
+        "face_box": {
+            "x": round(box.x, 2),
+            "y": round(box.y, 2),
+            "width": round(box.w, 2),
+            "height": round(box.h, 2),
+        },
+        "crop_box": {"x": crop.x0, "y": crop.y0, "size": crop.size},
         "keypoints": {
             name: [round(float(x), 2), round(float(y), 2)]
             for name, (x, y) in zip(KEYPOINT_NAMES, pairs, strict=True)
         },
+    }
+
+
+def keypoints_record(face: _Face, coords: np.ndarray, *, tta_flip: bool) -> dict[str, Any]:
+    """The JSON written for one photo: keypoint name -> [x, y] in photo pixels, plus the boxes."""
+    fields = face_record(face.box, face.crop, coords)
+    return {
+        "image": str(face.path),
+        "image_size": {"width": face.width, "height": face.height},
+        "faces_detected": face.n_faces,
+        "face_box": fields["face_box"],
+        "crop_box": fields["crop_box"],
+        "tta_flip": tta_flip,
+        "keypoints": fields["keypoints"],
     }
 
 

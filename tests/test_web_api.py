@@ -1,0 +1,286 @@
+"""The photo API of ``fkp serve``: a real uvicorn server on a free port, real JPEG/PNG photos.
+
+The model is the default architecture trained for two epochs on a tiny synthetic sample;
+the tests check that the server's answer is that model's prediction on the face it cut
+out, mapped back into the photo, and that every bad upload gets a one-line JSON refusal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import uuid
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fkp.keypoints import KEYPOINT_NAMES
+from fkp.photos import FaceCrop, extract_crop, to_gray
+from tests.web_support import drawn_photo, get_json, post, running_server, synthetic_photos, train_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_BODY_MB = 2
+MAX_MEGAPIXELS = 5
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained once per test session (the browser test reuses the file)."""
+    path = tmp_path_factory.getbasetemp() / "web-model" / "tiny.keras"
+    return path if path.is_file() else train_tiny_model(path)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    args = ["--model", str(tiny_model), "--max-body-mb", str(MAX_BODY_MB)]
+    args += ["--max-megapixels", str(MAX_MEGAPIXELS), "--max-faces", "4", "--poll", "0"]
+    with running_server(args, log, cwd=ROOT) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def keras_model(tiny_model):
+    from fkp.predict import load_model
+
+    return load_model(tiny_model)
+
+
+def _expected(keras_model, photo_bytes: bytes, crop_box: dict) -> np.ndarray:
+    """What the model says for the square the server cut out, in photo pixels (15, 2)."""
+    from fkp.predict import predict_keypoints
+
+    gray = to_gray(cv2.imdecode(np.frombuffer(photo_bytes, np.uint8), cv2.IMREAD_COLOR))
+    crop = FaceCrop(crop_box["x"], crop_box["y"], crop_box["size"])
+    raw = predict_keypoints(keras_model, extract_crop(gray, crop)[None], tta_flip=False)[0]
+    return crop.to_photo(raw).reshape(15, 2)
+
+
+def _points(face: dict) -> np.ndarray:
+    assert list(face["keypoints"]) == list(KEYPOINT_NAMES)
+    return np.array(list(face["keypoints"].values()), dtype=np.float64)
+
+
+def _multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_photo_answer_is_the_models_prediction_mapped_into_the_photo(server, keras_model, tiny_model):
+    for photo in synthetic_photos(3):
+        status, answer = post(f"{server.url}/v1/keypoints", photo.data)
+        assert status == 200, answer
+        assert answer["input"] == "photo"
+        assert answer["image"] == {"format": "JPEG", "width": 640, "height": 480}
+        assert answer["model"]["uri"] == tiny_model.name and answer["model"]["version"].startswith("file:")
+        assert set(answer["timing_ms"]) == {"decode", "detect", "predict", "total"}
+        [face] = answer["faces"]
+        got = _points(face)
+        np.testing.assert_allclose(got, _expected(keras_model, photo.data, face["crop_box"]), atol=0.02)
+        # the face the server framed holds the true keypoints of the rendered face
+        box, crop = face["face_box"], face["crop_box"]
+        truth = photo.keypoints
+        assert (truth[:, 0] > crop["x"]).all() and (truth[:, 0] < crop["x"] + crop["size"]).all()
+        assert (truth[:, 1] > crop["y"]).all() and (truth[:, 1] < crop["y"] + crop["size"]).all()
+        centre = np.array([box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+        assert np.linalg.norm(centre - truth.mean(axis=0)) < 0.15 * box["width"]
+
+
+def test_multipart_png_and_raw_jpeg_bodies_agree(server):
+    photo = drawn_photo((560, 420), [((300, 200), 220)], fmt=".png")
+    status, raw = post(f"{server.url}/v1/keypoints", photo.data, "image/png")
+    assert status == 200, raw
+    body, content_type = _multipart("photo", "face.png", photo.data, "image/png")
+    status, form = post(f"{server.url}/v1/keypoints", body, content_type)
+    assert status == 200, form
+    assert form["faces"] == raw["faces"] and form["image"]["format"] == "PNG"
+    # any content type: the format is read from the bytes
+    status, octet = post(f"{server.url}/v1/keypoints", photo.data, "application/octet-stream")
+    assert status == 200 and octet["faces"] == raw["faces"]
+
+
+def test_a_96x96_crop_goes_to_the_model_as_it_is(server, keras_model):
+    from fkp.predict import predict_keypoints
+    from fkp.sample import generate_sample
+
+    face = generate_sample(2, 1, 5, workers=1).train_images[0]
+    ok, png = cv2.imencode(".png", face)
+    assert ok
+    status, answer = post(f"{server.url}/v1/keypoints", png.tobytes(), "image/png")
+    assert status == 200, answer
+    assert answer["input"] == "crop" and answer["faces_detected"] == 1
+    [found] = answer["faces"]
+    assert found["face_box"] == {"x": 0.0, "y": 0.0, "width": 96.0, "height": 96.0}
+    expected = predict_keypoints(keras_model, face[None], tta_flip=False)[0].reshape(15, 2)
+    np.testing.assert_allclose(_points(found), expected, atol=0.01)
+
+
+def test_several_faces_largest_first(server):
+    photo = drawn_photo((1000, 480), [((260, 240), 200), ((700, 230), 300)])
+    status, one = post(f"{server.url}/v1/keypoints", photo.data)
+    assert status == 200 and len(one["faces"]) == 1 and one["faces_detected"] == 2
+    status, both = post(f"{server.url}/v1/keypoints?faces=3", photo.data)
+    assert status == 200 and len(both["faces"]) == 2
+    centres = [f["face_box"]["x"] + f["face_box"]["width"] / 2 for f in both["faces"]]
+    assert abs(centres[0] - 700) < 40 and abs(centres[1] - 260) < 40  # the bigger face first
+    assert both["faces"][0] == one["faces"][0]
+    status, refused = post(f"{server.url}/v1/keypoints?faces=9", photo.data)  # over --max-faces 4
+    assert status == 422 and refused["error"]["code"] == "invalid_parameter"
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid PNG header claiming ``width x height`` gray pixels, with a few kilobytes of data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\0" * (width + 1) * 64, 9)  # the first rows; a decoder would want them all
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _gif() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (120, 90), 128).save(out, format="GIF")
+    return out.getvalue()
+
+
+def test_bad_uploads_get_one_line_json_refusals(server, tiny_model):
+    photo = synthetic_photos(1)[0]
+    png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(photo.data, np.uint8), cv2.IMREAD_COLOR))[
+        1
+    ].tobytes()
+    cases = {
+        "empty": (b"", "image/jpeg", 400, "empty_body"),
+        "text": (b"just some words", "text/plain", 415, "unsupported_image"),
+        "gif": (_gif(), "image/gif", 415, "unsupported_image"),
+        "truncated": (png[: len(png) // 2], "image/png", 400, "corrupt_image"),
+        "wall": (drawn_photo((400, 300), []).data, "image/jpeg", 422, "no_face_found"),
+        "bomb": (_png_bomb(50_000, 50_000), "image/png", 413, "too_many_pixels"),
+        "just over": (_png_bomb(2300, 2300), "image/png", 413, "too_many_pixels"),  # 5.29 MP
+        "big body": (
+            b"\xff\xd8" + b"\0" * (MAX_BODY_MB * 1024 * 1024 + 10),
+            "image/jpeg",
+            413,
+            "body_too_large",
+        ),
+        "form without file": (
+            _multipart("x", "", b"", "text/plain")[0].replace(b'; filename=""', b""),
+            None,
+            400,
+            "no_file",
+        ),
+    }
+    for name, (body, content_type, status, code) in cases.items():
+        if content_type is None:  # the form case carries its own boundary
+            boundary = body.split(b"\r\n", 1)[0][2:].decode()
+            content_type = f"multipart/form-data; boundary={boundary}"
+        got_status, answer = post(f"{server.url}/v1/keypoints", body, content_type)
+        assert (got_status, answer.get("error", {}).get("code")) == (status, code), (name, answer)
+        message = answer["error"]["message"]
+        assert "\n" not in message and "Traceback" not in message and str(ROOT) not in message, name
+        assert str(tiny_model.parent) not in json.dumps(answer), name
+    assert (
+        "2,500,000,000 pixels; the limit is 5 megapixels"
+        in post(f"{server.url}/v1/keypoints", _png_bomb(50_000, 50_000), "image/png")[1]["error"]["message"]
+    )
+    # the server is unharmed: the next photo is answered
+    assert post(f"{server.url}/v1/keypoints", photo.data)[0] == 200
+
+
+def test_health_metrics_and_access_log(server):
+    photo = synthetic_photos(1)[0]
+    before = get_json(f"{server.url}/healthz")
+    assert before["status"] == "ok" and before["model"]["version"].startswith("file:")
+    for _ in range(2):
+        assert post(f"{server.url}/v1/keypoints", photo.data)[0] == 200
+    assert post(f"{server.url}/v1/keypoints", b"nope", "text/plain")[0] == 415
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    assert samples['fkp_http_requests_total{method="POST",route="/v1/keypoints",status="200"}'] >= 2
+    assert samples['fkp_http_requests_total{method="POST",route="/v1/keypoints",status="415"}'] >= 1
+    assert samples['fkp_http_request_duration_seconds_count{route="/v1/keypoints"}'] >= 3
+    assert samples['fkp_http_request_duration_seconds_bucket{le="+Inf",route="/v1/keypoints"}'] >= 3
+    version = before["model"]["version"]
+    assert samples[f'fkp_model_info{{ref="{before["model"]["ref"]}",version="{version}"}}'] == 1.0
+    assert samples["fkp_faces_predicted_total"] >= 2
+
+    lines = [json.loads(x) for x in server.log_text().splitlines() if x.startswith("{")]
+    keypoint_lines = [x for x in lines if x["path"] == "/v1/keypoints"]
+    assert {"ts", "method", "status", "ms", "client"} <= set(keypoint_lines[0])
+    assert any(
+        x["status"] == 200 and x["faces"] == 1 and x["model_version"] == version for x in keypoint_lines
+    )
+    assert any(x["status"] == 415 and x["error"] == "unsupported_image" for x in keypoint_lines)
+    assert "Traceback" not in server.log_text()
+
+
+def test_page_is_one_offline_file_with_example_faces(server):
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/html")
+        html = response.read().decode()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the page loads an external asset"
+    assert "@import" not in html and "url(http" not in html
+    assert html.count("data:image/png;base64,") == 4
+    assert "v1/keypoints" in html
+
+
+def test_unknown_routes_are_json_404(server):
+    status, answer = post(f"{server.url}/v2/keypoints", b"x")
+    assert status == 404 and answer["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("model", "store", "message"),
+    [
+        ("no/such/model.keras", False, "fkp serve: model file not found: no/such/model.keras"),
+        ("models:/facial-keypoints-cnn@champion", False, "fkp serve: no MLflow store at "),
+        (
+            "models:/facial-keypoints-cnn@champion",
+            True,
+            "fkp serve: no model models:/facial-keypoints-cnn@champion",
+        ),
+    ],
+)
+def test_a_model_that_is_not_there_is_one_line(tmp_path, model, store, message):
+    db = tmp_path / "mlflow.db"
+    if store:  # an empty store: created here, so its creation chatter stays out of the server's output
+        from mlflow import MlflowClient
+
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PATH": str(Path(sys.executable).parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "fkp.cli", "serve", "--model", model, "--port", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+    assert db.is_file() == store  # nothing created

@@ -1,0 +1,192 @@
+"""The page of ``fkp serve`` in a real browser: Debian's headless Chromium driven by Playwright.
+
+It opens the page, uploads a photo, waits for the drawing, and checks that 15 keypoints
+were painted where the API says they are and that the JSON the page shows is the API's
+answer for the same photo. A screenshot is kept in ``tests/artifacts/`` (git-ignored).
+
+Without ``/usr/bin/chromium`` (``apt-get install chromium``) the test is skipped, except in
+CI (``CI=true``), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.web_support import post, running_server, synthetic_photos, train_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SCREENSHOT = ARTIFACTS / "web_page.png"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",  # a synthetic camera (a test pattern, no face)
+    "--use-fake-ui-for-media-stream",  # camera permission granted without a prompt
+]
+TIMEOUT_MS = 60_000  # a bound on waiting for the page, not a speed check
+
+
+def _require_chromium() -> None:
+    if CHROMIUM.is_file():
+        return
+    reason = f"{CHROMIUM} is missing: apt-get install -y chromium (Debian)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the browser test must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    _require_chromium()
+    model = tmp_path_factory.getbasetemp() / "web-model" / "tiny.keras"
+    if not model.is_file():
+        train_tiny_model(model)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with running_server(["--model", str(model), "--poll", "0"], log, cwd=ROOT) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            tab = context.new_page()
+            tab.set_default_timeout(TIMEOUT_MS)
+            requested: list[str] = []
+            tab.on("request", lambda request: requested.append(request.url))
+            tab.console_log = []
+            tab.on("console", lambda m: tab.console_log.append(m.text))
+            tab.on("pageerror", lambda e: tab.console_log.append(str(e)))
+            tab.goto(server.url + "/")
+            tab.requested = requested
+            yield tab
+        finally:
+            browser.close()
+
+
+def _drawn_colours(page) -> list[dict]:
+    """Each drawn point with the colour found on the canvas at its centre."""
+    return page.evaluate(
+        """() => {
+          const ctx = document.getElementById("view").getContext("2d");
+          return window.fkpDrawn.map((p) => {
+            const [r, g, b] = ctx.getImageData(Math.floor(p.x), Math.floor(p.y), 1, 1).data;
+            const hex = "#" + [r, g, b].map((v) => v.toString(16).padStart(2, "0")).join("");
+            return { name: p.name, x: p.x, y: p.y, radius: p.radius, colour: p.colour, found: hex };
+          });
+        }"""
+    )
+
+
+def _check_painted(drawn: list[dict]) -> int:
+    """Each point's centre shows the fill of the last marker drawn over it; returns how many were checked.
+
+    Markers are a fill of ``radius`` on a dark ring 1.5 px wider; a later marker covers an
+    earlier one, so the colour expected at a centre is that of the last marker reaching it.
+    A centre on some later marker's ring or edge is ambiguous and skipped.
+    """
+    checked = 0
+    for i, point in enumerate(drawn):
+        top = point
+        for later in drawn[i + 1 :]:
+            if np.hypot(later["x"] - point["x"], later["y"] - point["y"]) <= later["radius"] + 2.5:
+                top = later
+        distance = np.hypot(top["x"] - point["x"], top["y"] - point["y"])
+        if distance <= top["radius"] - 1.5:
+            assert point["found"] == top["colour"], (point, top)
+            checked += 1
+    return checked
+
+
+def test_a_photo_uploaded_in_the_browser_shows_its_15_keypoints(server, page, tmp_path):
+    photo = synthetic_photos(1, seed=4)[0]
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(photo.data)
+
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector('#view[data-points="15"]')
+
+    shown = json.loads(page.inner_text("#json"))
+    status, api = post(f"{server.url}/v1/keypoints?faces=5", photo.data)
+    assert status == 200
+    assert shown["faces"] == api["faces"] and shown["model"] == api["model"]
+    assert page.inner_text("#version") == f"{api['model']['uri']} ({api['model']['version']})"
+    assert "ms on the server" in page.inner_text("#latency")
+
+    drawn = _drawn_colours(page)
+    assert len(drawn) == 15
+    width = page.evaluate("document.getElementById('view').width")
+    scale = width / photo.width
+    for point, (name, (x, y)) in zip(drawn, api["faces"][0]["keypoints"].items(), strict=True):
+        assert point["name"] == name
+        assert abs(point["x"] - x * scale) < 1e-6 and abs(point["y"] - y * scale) < 1e-6
+    assert _check_painted(drawn) >= 1
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    # everything the page loaded came from the server itself (or from the page's own data)
+    foreign = [u for u in page.requested if not u.startswith((server.url, "data:", "blob:"))]
+    assert not foreign, foreign
+
+
+def test_a_dropped_photo_is_predicted(server, page):
+    photo = synthetic_photos(1, seed=6)[0]
+    page.evaluate("window.fkpResult = null")
+    page.evaluate(
+        """(b64) => {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          const files = new DataTransfer();
+          files.items.add(new File([bytes], "dropped.jpg", { type: "image/jpeg" }));
+          const drop = new DragEvent("drop", { dataTransfer: files, bubbles: true, cancelable: true });
+          document.getElementById("drop").dispatchEvent(drop);
+        }""",
+        base64.b64encode(photo.data).decode("ascii"),
+    )
+    page.wait_for_function("window.fkpResult !== null")
+    shown = page.evaluate("window.fkpResult")
+    assert shown.get("faces"), (shown, page.console_log)
+    page.wait_for_selector('#view[data-points="15"]')
+    assert shown["faces"] == post(f"{server.url}/v1/keypoints?faces=5", photo.data)[1]["faces"]
+
+
+def test_an_example_face_and_a_refusal(server, page):
+    page.click("img.example >> nth=1")
+    page.wait_for_function("window.fkpResult && window.fkpResult.input === 'crop'")
+    page.wait_for_selector('#view[data-points="15"]')
+    assert page.evaluate("document.getElementById('view').width") == 384  # 96 px shown 4x
+
+    page.set_input_files(
+        "#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}]
+    )
+    page.wait_for_selector("#status.error")
+    assert "not a JPEG or PNG" in page.inner_text("#status")
+    assert page.get_attribute("#view", "data-points") == "0"
+
+
+def test_the_camera_photo_is_sent_to_the_api(server, page):
+    page.evaluate("window.fkpResult = null")
+    page.click("#camera")
+    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    page.click("#snap")
+    page.wait_for_function("window.fkpResult !== null")
+    # the fake camera shows a test pattern: the frame arrived as a JPEG and no face was in it
+    assert page.evaluate("window.fkpResult.error.code") == "no_face_found"
+    assert "no face found" in page.inner_text("#status")
+    assert not page.is_visible("#video")
