@@ -129,6 +129,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from fkp.stack.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
@@ -191,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("reports/predict"))
 
+    p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")
+    from fkp.stack.cli import add_arguments
+
+    add_arguments(p)
     return parser
 
 
