@@ -86,6 +86,8 @@ def worker_service(config: StackConfig, index: int) -> Service:
             "--host",
             config.host,
             "--no-dashboard",
+            "--dashboard-address",  # the worker's HTTP server (health, metrics) still runs: bind it here too
+            f"{config.host}:0",
             "--preload",
             "fkp.stack.dask_preload",
             "--local-directory",
