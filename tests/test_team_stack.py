@@ -176,6 +176,7 @@ def test_second_up_refuses_while_running(stack):
 
 def test_retrain_deployment_runs_on_the_work_pool_into_the_shared_server(stack):
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     out = run(
         [
@@ -193,13 +194,12 @@ def test_retrain_deployment_runs_on_the_work_pool_into_the_shared_server(stack):
     assert "Completed" in out, out[-2000:]
     flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID:" in line)
 
-    os.environ["PREFECT_API_URL"] = stack.config.prefect_api_url
-    try:
-        with get_client(sync_client=True) as prefect:
-            flow_run = prefect.read_flow_run(flow_run_id)
-            deployment = prefect.read_deployment(flow_run.deployment_id)
-    finally:
-        os.environ.pop("PREFECT_API_URL")
+    with (
+        temporary_settings({PREFECT_API_URL: stack.config.prefect_api_url}),
+        get_client(sync_client=True) as prefect,
+    ):
+        flow_run = prefect.read_flow_run(flow_run_id)
+        deployment = prefect.read_deployment(flow_run.deployment_id)
     assert flow_run.state.is_completed()
     assert flow_run.work_pool_name == stack.config.pool and flow_run.infrastructure_pid  # a worker ran it
     assert deployment.concurrency_limit == 1 or deployment.global_concurrency_limit.limit == 1
