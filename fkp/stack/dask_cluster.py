@@ -3,8 +3,9 @@
 Each worker is its own ``dask worker`` command (one process, one thread: Keras trains one model per
 process), so a worker can be lost on its own, as a machine would be. Workers import the sweep's tasks
 from the repository (``flows/`` on ``PYTHONPATH``), run in its folder (the tasks use relative paths)
-and report to the stack's Prefect and MLflow servers. :mod:`fkp.stack.dask_preload` records which
-worker process ran a task on its MLflow run.
+and report to the stack's Prefect and MLflow servers. The scheduler unpickles the task graphs it
+receives, so it needs the repository on ``PYTHONPATH`` too. :mod:`fkp.stack.dask_preload` records
+which worker process ran a task on its MLflow run.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def scheduler_service(config: StackConfig) -> Service:
             "--dashboard-address",
             f"{config.host}:{config.dask_dashboard_port}",
         ],
-        cwd=config.state_dir,
+        env={"PYTHONPATH": str(config.project_dir)},  # the scheduler unpickles task graphs: flows/ too
+        cwd=config.project_dir,
         healthy=lambda: http_ok(f"http://{dashboard}/health"),
         url=config.dask_address,
         start_timeout=60,
@@ -57,16 +59,15 @@ def worker_name(index: int) -> str:
     return f"dask-worker-{index}"
 
 
-def connected_workers(config: StackConfig) -> dict[str, int]:
-    """Name -> pid of the workers the scheduler knows, from its HTTP identity page."""
+def connected_workers(config: StackConfig) -> list[str]:
+    """Names of the workers the scheduler knows, from its HTTP identity page."""
     url = f"http://{config.client_host}:{config.dask_dashboard_port}/json/identity.json"
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own URL)
             identity = json.load(response)
     except (urllib.error.URLError, OSError, ValueError):
-        return {}
-    workers = identity.get("workers", {}).values()
-    return {str(w.get("name")): int(w.get("pid", 0) or 0) for w in workers}
+        return []
+    return sorted(str(w.get("name")) for w in identity.get("workers", {}).values())
 
 
 def worker_service(config: StackConfig, index: int) -> Service:
