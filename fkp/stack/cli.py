@@ -40,11 +40,15 @@ def _interrupt(signum: int, frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     from fkp.stack import commands
 
-    if args.action == "down":
-        commands.down(args.state_dir, timeout=args.timeout)
-        return 0
-    if args.action == "status":
-        return 0 if commands.status(args.state_dir) else 1
+    try:
+        if args.action == "down":
+            commands.down(args.state_dir, timeout=args.timeout)
+            return 0
+        if args.action == "status":
+            return 0 if commands.status(args.state_dir) else 1
+    except StackError as error:
+        print(f"fkp stack: {error}", file=sys.stderr)
+        return 1
     if args.dask_workers < 1:
         print("fkp stack: --dask-workers must be at least 1", file=sys.stderr)
         return 2
