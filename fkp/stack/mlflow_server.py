@@ -37,8 +37,10 @@ def service(config: StackConfig) -> Service:
         "--workers",
         "2",
     ]
-    if config.host not in ("127.0.0.1", "localhost"):
-        argv += ["--allowed-hosts", "*"]  # a named host or address: requests carry that name, not localhost
+    if config.host not in ("127.0.0.1", "localhost", "0.0.0.0"):
+        # requests to a named host carry that name; MLflow only accepts localhost and private IPs by default
+        names = (config.host, "localhost", "127.0.0.1")
+        argv += ["--allowed-hosts", ",".join(f"{n},{n}:{config.mlflow_port}" for n in names)]
     return Service(
         name="mlflow",
         argv=argv,

@@ -234,5 +234,7 @@ def stop(record: Record, timeout: float = 20.0) -> str:
 def stop_all(state_dir: Path, timeout: float = 20.0, report: Callable[[str], None] = print) -> None:
     """Stop every recorded process, last started first, forgetting each one once it is gone."""
     for record in reversed(records(read_state(state_dir))):
-        report(f"{record.name} (pid {record.pid}): {stop(record, timeout)}")
+        began = time.monotonic()
+        outcome = stop(record, timeout)
+        report(f"{record.name} (pid {record.pid}): {outcome} ({time.monotonic() - began:.1f} s)")
         _forget(state_dir, record)
