@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             train["sqlite"].append(timed([fkp, "train"], project, _env()))
             train["server"].append(timed([fkp, "train"], project, server_env))
         sweep = [sys.executable, "flows/sweep.py", "--grid", json.dumps(GRID), "--max-parallel", "2"]
-        local = timed([*sweep, "--task-runner", "process"], project, server_env)
+        local_env = {k: v for k, v in server_env.items() if not k.startswith("FKP_SWEEP_")}
+        local = timed([*sweep, "--task-runner", "process"], project, local_env)
         dask = timed([*sweep, "--task-runner", "dask", "--address", config.dask_address], project, server_env)
     finally:
-        subprocess.run([fkp, "stack", "down", "--state-dir", str(state)], env=_env(), check=False)
+        subprocess.run([fkp, "stack", "down", "--state-dir", str(state)], env=_env(), capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
     sqlite, server = statistics.median(train["sqlite"]), statistics.median(train["server"])

@@ -9,6 +9,7 @@ the service's stop signal, waits, then SIGKILLs what is left of its process grou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -218,9 +219,14 @@ def stop(record: Record, timeout: float = 20.0) -> str:
             leader.send_signal(record.stop_signal)
     except (ProcessLookupError, psutil.Error):
         pass
-    _, remaining = psutil.wait_procs(family, timeout=timeout)
-    remaining = _alive([*remaining, *_group(record.pid)])
+    deadline = time.monotonic() + timeout
+    # poll rather than psutil.wait_procs: that waits out the timeout on a zombie nobody has reaped yet
+    while remaining := _alive([*family, *_group(record.pid)]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     if not remaining:
+        _reap(record.pid)
         return "stopped"
     for proc in remaining:
         try:
@@ -228,7 +234,14 @@ def stop(record: Record, timeout: float = 20.0) -> str:
         except psutil.Error:
             continue
     psutil.wait_procs(remaining, timeout=5)
+    _reap(record.pid)
     return f"killed after {timeout:.0f} s"
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status if the process is our own child (started by this very process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def stop_all(state_dir: Path, timeout: float = 20.0, report: Callable[[str], None] = print) -> None:
