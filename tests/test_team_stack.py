@@ -229,6 +229,14 @@ def test_cli_and_models_serve_work_with_only_the_tracking_uri(stack, tmp_path):
     assert run_.data.metrics["val_rmse"] > 0
     assert client.search_model_versions(f"name = '{MODEL_NAME}' and run_id = '{run_id}'")
     assert _champion(client) is not None
+    run(
+        [str(BIN / "fkp"), "predict", "--data", "data/raw/sample", "--out", "reports/champion"],
+        env=env,
+        cwd=other,
+    )
+    assert (
+        len((other / "reports/champion/submission.csv").read_text().splitlines()) > 1
+    )  # champion, via server
     assert not (other / "mlflow.db").exists() and not (other / "mlartifacts").exists()
 
     elsewhere = tmp_path / "elsewhere"
