@@ -153,6 +153,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from fkp.stack.cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
@@ -230,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo (default: %(default)s)")
     p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
 
+    p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")
+    from fkp.stack.cli import add_arguments
+
+    add_arguments(p)
     return parser
 
 

@@ -7,7 +7,8 @@ Defaults are relative to the current working directory, which is the repository 
 a stage runs (``dvc repro``, the CLI and the flows all run from where ``dvc.yaml`` lives):
 
 * tracking store: ``sqlite:///<cwd>/mlflow.db`` (env ``MLFLOW_TRACKING_URI`` overrides it);
-* artifact root: ``<cwd>/mlartifacts`` (env ``FKP_MLFLOW_ARTIFACTS`` overrides it).
+* artifact root: ``<cwd>/mlartifacts`` (env ``FKP_MLFLOW_ARTIFACTS`` overrides it; a tracking server
+  (``http://``) chooses its own, e.g. proxied ``mlflow-artifacts:/``).
 
 Explicit arguments to :func:`configure` win over both. The artifact root only applies when the
 experiment is created: MLflow fixes an experiment's artifact location for its lifetime.
@@ -22,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -56,6 +58,9 @@ SWEEP_ENV = "FKP_SWEEP_ID"
 VARIANT_ENV = "FKP_VARIANT"
 TAG_ENTRYPOINT = "fkp.entrypoint"
 TAG_RESUME_CONFLICTS = "fkp.resume_param_conflicts"
+TAG_HOST = "fkp.host"
+TAG_EXECUTOR = "fkp.executor"
+EXECUTOR_ENV = "FKP_EXECUTOR"  # set by whatever runs the process, e.g. a Dask worker (fkp.stack.dask_preload)
 
 _configured_experiment_id: str | None = None
 
@@ -79,9 +84,17 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
-def default_artifact_root() -> str:
-    """``FKP_MLFLOW_ARTIFACTS`` if set, else ``mlartifacts`` in the working directory, as a file URI."""
-    return _as_uri(os.environ.get(ARTIFACTS_ENV) or Path.cwd() / "mlartifacts")
+def default_artifact_root(tracking_uri: str | None = None) -> str | None:
+    """``FKP_MLFLOW_ARTIFACTS`` if set, else ``mlartifacts`` in the working directory, as a file URI.
+
+    ``None`` for a tracking server (``http(s)://``): the server picks the location (proxied
+    ``mlflow-artifacts:/`` with ``--serve-artifacts``), since a client-side path means nothing to it.
+    """
+    if env := os.environ.get(ARTIFACTS_ENV):
+        return _as_uri(env)
+    if (tracking_uri or "").startswith(("http://", "https://")):
+        return None
+    return _as_uri(Path.cwd() / "mlartifacts")
 
 
 def configure(
@@ -102,7 +115,7 @@ def configure(
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        location = _as_uri(artifact_root) if artifact_root else default_artifact_root()
+        location = _as_uri(artifact_root) if artifact_root else default_artifact_root(uri)
         try:
             experiment_id = client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:
@@ -228,7 +241,7 @@ def flow_run_id() -> str | None:
 
 
 def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
-    """Git state, raw-data hashes, Prefect flow run and entrypoint of the current process."""
+    """Git state, raw-data hashes, Prefect flow run, entrypoint and host (and executor) of the process."""
     tags = git_tags()
     tags[TAG_DATA_DIR] = Path(raw_dir).as_posix()
     if (content := data_hash(raw_dir)) is not None:
@@ -241,6 +254,9 @@ def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
     for tag, env in ((TAG_SWEEP, SWEEP_ENV), (TAG_VARIANT, VARIANT_ENV), (TAG_DVC_EXP, "DVC_EXP_NAME")):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
+    tags[TAG_HOST] = socket.gethostname()
+    if executor := os.environ.get(EXECUTOR_ENV):
+        tags[TAG_EXECUTOR] = executor
     return tags
 
 
