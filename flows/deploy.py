@@ -24,16 +24,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
+
+from flows.retrain import DEFAULT_CRON, DEPLOYMENT_NAME, DESCRIPTION, TAGS  # noqa: E402  (one definition)
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = "flows/retrain.py:retrain"
-DEPLOYMENT_NAME = "fkp-retrain"
 DEFAULT_POOL = "fkp-pool"
-DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a week of new labels, retrained before anyone needs the model
-TAGS = ["fkp", "retrain"]
-DESCRIPTION = (
-    "Retrain the facial keypoint model from the raw data to the registry; the champion alias moves "
-    "only when the new model is better. Runs in the repository folder of the worker."
-)
 
 
 def default_parameters(fn: Any) -> dict[str, Any]:
