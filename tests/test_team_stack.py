@@ -322,7 +322,7 @@ def test_sweep_runs_each_variant_in_a_dask_worker_process(stack):
     workers = _worker_pids(stack)
     client = stack.client()
     since = int(time.time() * 1000)
-    sweep = _sweep(stack, {"train.lr": [0.003, 0.006]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sweep = _sweep(stack, {"train.lr": [0.003, 0.004]}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = sweep.communicate(timeout=BOUND)
     assert sweep.returncode == 0, output[-6000:]
 
