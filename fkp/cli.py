@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fkp import quiet
 from fkp.errors import DataError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -129,16 +129,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def knobs_epilog(prefixes: tuple[str, ...]) -> str:
+    """The params a stage reads (with their shipped defaults) and how to change them.
+
+    Listed from the typed params themselves, so the help never drifts from ``params.yaml``'s schema.
+    """
+    from fkp.params import Params, flatten
+
+    keys = [(k, v) for k, v in flatten(Params()).items() if k.startswith(prefixes)]
+    width = max(len(k) for k, _ in keys)
+    example = next((k for k, _ in keys if k.startswith("train.lr")), keys[0][0])
+    lines = [f"  {k:<{width}}  {v}" for k, v in keys]
+    return "\n".join(
+        [
+            "settings (in params.yaml, shipped defaults shown; global --params picks another file):",
+            *lines,
+            "",
+            "change one for a single run:  dvc exp run -S " + f"{example}=<value>  (then: dvc exp show)",
+            "or edit params.yaml and run:  dvc repro",
+        ]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    verbose_help = (
+        f"also show the libraries' own output (TensorFlow, MLflow, ...); or set {quiet.VERBOSE_ENV}=1"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help_: str, parent=sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help_, description=help_)
+    def add(
+        name: str, handler: Handler, help_: str, parent=sub, knobs: tuple[str, ...] = ()
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=knobs_epilog(knobs) if knobs else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(handler=handler)
+        # accepted after the command too (fkp train -v); SUPPRESS keeps the global flag's value otherwise
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
         return p
 
     p = add("sample", cmd_sample, "write a synthetic sample in the exact Kaggle CSV format")
@@ -168,18 +204,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("data/raw/kaggle"))
     p.add_argument("--no-dvc", action="store_true", help="copy only, do not `dvc add`")
 
-    p = add("prepare", cmd_prepare, "parse the CSVs into a cached .npz and fix the train/val split")
+    p = add(
+        "prepare",
+        cmd_prepare,
+        "parse the CSVs into a cached .npz and fix the train/val split",
+        knobs=("split.",),
+    )
     p.add_argument("raw_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("data/prepared"))
 
-    p = add("impute", cmd_impute, "fill or mask the missing training labels (ffill | mask | drop)")
+    p = add(
+        "impute",
+        cmd_impute,
+        "fill or mask the missing training labels (ffill | mask | drop)",
+        knobs=("impute.strategy",),
+    )
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=Path("data/prepared/targets.npz"))
     p.add_argument("--strategy", choices=("ffill", "mask", "drop"), help="default: params impute.strategy")
 
-    add("train", cmd_train, "train the CNN (params model.*, train.*) and log the run to MLflow")
-    add("evaluate", cmd_evaluate, "score the model on the validation split; write metrics.json and plots")
-    add("register", cmd_register, "register the model; make it champion only if it beats the current one")
+    add(
+        "train",
+        cmd_train,
+        "train the CNN on data/prepared and log the run (params, curves, model) to MLflow",
+        knobs=("data.source", "impute.strategy", "model.", "train.", "mlflow.experiment"),
+    )
+    add(
+        "evaluate",
+        cmd_evaluate,
+        "score the model on the validation split; write metrics.json and plots",
+        knobs=("train.tta_flip", "mlflow.experiment"),
+    )
+    add(
+        "register",
+        cmd_register,
+        "register the model; make it champion only if it beats the current one",
+        knobs=("mlflow.registered_model", "train.tta_flip"),
+    )
 
     p = add("predict", cmd_predict, "predict keypoints for test.csv (Kaggle submission) or for photos")
     p.add_argument("images", nargs="*", type=Path, help="photos (PNG/JPEG); omit with --data")
@@ -206,8 +267,8 @@ def _show_progress() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet.install(verbose=args.verbose or None)
     _show_progress()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     try:
         return args.handler(args)
     except DataError as exc:
