@@ -94,10 +94,13 @@ class _QuietLoader(importlib.abc.Loader):
         with stderr_to_file() as sink:
             try:
                 self._loader.exec_module(module)
-            except BaseException:
+                return
+            except BaseException as error:
+                failure = error
                 sink.seek(0)
-                os.write(2, sink.read())
-                raise
+                captured = sink.read()
+        os.write(2, captured)  # stderr is back: show why the import failed, then fail as it did
+        raise failure
 
     def __getattr__(self, name: str):  # get_resource_reader, is_package, ... of the real loader
         return getattr(self._loader, name)
