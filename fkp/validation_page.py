@@ -47,7 +47,7 @@ def _suite_rows(suite: dict[str, Any]) -> list[str]:
             "<tr>"
             f"<td class={'ok' if ok else 'bad'}>{'passed' if ok else 'FAILED'}</td>"
             f"<td>{escape(config.get('description') or config.get('type', ''))}</td>"
-            f"<td><code>{escape(str(column))}</code></td>"
+            f"<td>{f'<code>{escape(str(column))}</code>' if column else ''}</td>"
             f"<td>{escape(config.get('severity', ''))}</td>"
             f"<td>{escape(_observed(item.get('result') or {}))}</td>"
             "</tr>"

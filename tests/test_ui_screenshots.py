@@ -73,6 +73,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project with two finished, evaluated runs that differ in impute.strategy."""
     project = make_project_copy(tmp_path_factory.mktemp("ui") / "project")
     _fkp(project, "sample", "--out", "data/raw/sample")
+    _fkp(project, "validate", "data/raw/sample", "--report-dir", "reports/validation")
     _fkp(project, "prepare", "data/raw/sample", "--out", "data/prepared")
     params = yaml.safe_load((project / "params.yaml").read_text())
     for strategy in ("mask", "ffill"):
@@ -120,7 +121,7 @@ def mlflow_ui(two_runs: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(mlflow_ui: str) -> Iterator[object]:
+def browser() -> Iterator[object]:
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
@@ -210,5 +211,28 @@ def test_compare_shows_key_params_scores_and_shared_pictures(browser, mlflow_ui:
         pictures = page.locator("img[src^='blob:'] >> visible=true")
         pictures.nth(len(ids) - 1).wait_for()
         page.screenshot(path=str(SHOTS / "mlflow_compare_pictures.png"))
+    finally:
+        page.close()
+
+
+def test_validation_summary_reads_offline(browser, two_runs: Path) -> None:
+    """Our validation page renders with every network request refused (GX's Data Docs need CDNs)."""
+    page = _page(browser)
+    refused: list[str] = []
+
+    def refuse(route) -> None:
+        refused.append(route.request.url)
+        route.abort()
+
+    try:
+        page.route(lambda url: not url.startswith("file:"), refuse)
+        page.goto((two_runs / "reports" / "validation" / "summary.html").as_uri())
+        heading = page.locator("h1")
+        assert "PASSED" in heading.inner_text() and "data/raw/sample" in heading.inner_text()
+        assert heading.locator("span").evaluate("e => getComputedStyle(e).color") == "rgb(19, 115, 51)"
+        assert "training.values" in page.inner_text("body")
+        assert refused == []
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "validation_summary.png"))
     finally:
         page.close()
