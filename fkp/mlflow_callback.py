@@ -63,7 +63,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
                 timestamp=stamp,
                 step=int(epoch) + 1,
             )
-            for key, number in values.items()
+            # THE score first: MLflow's Compare plots the first metric a run ever logged by default
+            for key, number in sorted(values.items(), key=lambda item: item[0] != "val_rmse")
             if math.isfinite(number)
         ]
 

@@ -280,3 +280,16 @@ def test_epoch_logger_writes_history_to_a_run_that_is_not_active(experiment: str
     assert "mae" not in client.get_run(target.info.run_id).data.metrics  # logged as train_mae
     assert client.get_metric_history(target.info.run_id, "lr")[0].value == pytest.approx(0.01)
     assert client.get_run(other.info.run_id).data.metrics == {}
+
+
+def test_epoch_metrics_put_the_score_first_and_name_training_scores(experiment: str) -> None:
+    pytest.importorskip("keras")
+    from fkp.mlflow_callback import MlflowEpochLogger
+
+    logger = MlflowEpochLogger("unused-run-id")
+    metrics = logger.epoch_metrics(
+        4, {"loss": 3.0, "rmse": 2.5, "mae": 2.0, "val_rmse": 2.75, "seconds": 1.5}
+    )
+    assert [m.key for m in metrics][:1] == ["val_rmse"]  # MLflow's Compare plots the first one logged
+    assert {m.key for m in metrics} == {"val_rmse", "loss", "train_rmse", "train_mae", "epoch_seconds"}
+    assert {m.step for m in metrics} == {5}  # epochs are counted from 1, like history.csv

@@ -204,6 +204,10 @@ def test_compare_shows_key_params_scores_and_shared_pictures(browser, mlflow_ui:
         assert "No common artifacts" not in body
         # one name per quantity: no best_val_rmse, no per-keypoint metric series
         assert "best_val_rmse" not in body and "val_rmse.nose_tip" not in body
+        # the parallel-coordinates plot opens on the param that differs and on THE score
+        plot = page.locator(".js-plotly-plot").first
+        plot.wait_for()
+        assert "impute.strategy" in plot.text_content() and "val_rmse" in plot.text_content()
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "mlflow_compare.png"))
         page.get_by_text("val_faces.png").first.click()
