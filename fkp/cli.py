@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fkp import quiet
 from fkp.lock import LockBusyError, pipeline_lock
 from fkp.safety.leftovers import exit_cleanly_on_signals, remove_stale
 from fkp.safety.messages import describe
@@ -159,22 +160,53 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def knobs_epilog(prefixes: tuple[str, ...]) -> str:
+    """The params a stage reads (with their shipped defaults) and how to change them.
+
+    Listed from the typed params themselves, so the help never drifts from ``params.yaml``'s schema.
+    """
+    from fkp.params import Params, flatten
+
+    keys = [(k, v) for k, v in flatten(Params()).items() if k.startswith(prefixes)]
+    width = max(len(k) for k, _ in keys)
+    example = next((k for k, _ in keys if k.startswith("train.lr")), keys[0][0])
+    lines = [f"  {k:<{width}}  {v}" for k, v in keys]
+    return "\n".join(
+        [
+            "settings (in params.yaml, shipped defaults shown; global --params picks another file):",
+            *lines,
+            "",
+            "change one for a single run:  dvc exp run -S " + f"{example}=<value>  (then: dvc exp show)",
+            "or edit params.yaml and run:  dvc repro",
+        ]
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help=f"show the traceback of a failure (or set {TRACEBACK_ENV}=1)",
+    verbose_help = (
+        "also show the libraries' own output (TensorFlow, MLflow, ...) and the traceback of a failure; "
+        f"or set {quiet.VERBOSE_ENV}=1"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help_: str, parent=sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help_, description=help_)
+    def add(
+        name: str, handler: Handler, help_: str, parent=sub, knobs: tuple[str, ...] = ()
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=knobs_epilog(knobs) if knobs else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(handler=handler, pipeline_step=name in PIPELINE_STEPS)
+        # accepted after the command too (fkp train -v); SUPPRESS keeps the global flag's value otherwise
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
         return p
 
     p = add("sample", cmd_sample, "write a synthetic sample in the exact Kaggle CSV format")
@@ -204,18 +236,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", type=Path, default=Path("data/raw/kaggle"))
     p.add_argument("--no-dvc", action="store_true", help="copy only, do not `dvc add`")
 
-    p = add("prepare", cmd_prepare, "parse the CSVs into a cached .npz and fix the train/val split")
+    p = add(
+        "prepare",
+        cmd_prepare,
+        "parse the CSVs into a cached .npz and fix the train/val split",
+        knobs=("split.",),
+    )
     p.add_argument("raw_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("data/prepared"))
 
-    p = add("impute", cmd_impute, "fill or mask the missing training labels (ffill | mask | drop)")
+    p = add(
+        "impute",
+        cmd_impute,
+        "fill or mask the missing training labels (ffill | mask | drop)",
+        knobs=("impute.strategy",),
+    )
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=Path("data/prepared/targets.npz"))
     p.add_argument("--strategy", choices=("ffill", "mask", "drop"), help="default: params impute.strategy")
 
-    add("train", cmd_train, "train the CNN (params model.*, train.*) and log the run to MLflow")
-    add("evaluate", cmd_evaluate, "score the model on the validation split; write metrics.json and plots")
-    add("register", cmd_register, "register the model; make it champion only if it beats the current one")
+    add(
+        "train",
+        cmd_train,
+        "train the CNN on data/prepared and log the run (params, curves, model) to MLflow",
+        knobs=("data.source", "impute.strategy", "model.", "train.", "mlflow.experiment"),
+    )
+    add(
+        "evaluate",
+        cmd_evaluate,
+        "score the model on the validation split; write metrics.json and plots",
+        knobs=("train.tta_flip", "mlflow.experiment"),
+    )
+    add(
+        "register",
+        cmd_register,
+        "register the model; make it champion only if it beats the current one",
+        knobs=("mlflow.registered_model", "train.tta_flip"),
+    )
 
     p = add("predict", cmd_predict, "predict keypoints for test.csv (Kaggle submission) or for photos")
     p.add_argument("images", nargs="*", type=Path, help="photos (PNG/JPEG); omit with --data")
@@ -285,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (``-v`` or ``FKP_TRACEBACK=1`` adds the traceback); anything else is a bug and keeps it.
     """
     args = build_parser().parse_args(argv)
+    quiet.install(verbose=args.verbose or None)
     _show_progress()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     verbose = args.verbose or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     if not verbose:
         _quiet_reraised_errors()

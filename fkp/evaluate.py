@@ -95,14 +95,15 @@ def run_evaluate(
     run = read_run_file(run_file)
     tracking.configure(experiment=params.mlflow.experiment)
     with tracking.start_run("evaluate", params, run_id=run["run_id"]):
-        # logged one step after the last epoch, so the run's latest val_rmse is the evaluated
-        # (best-weights) score, not the last epoch's
-        step = len(pd.read_csv(history_path))
-        tracking.log_metrics_dict({k: v for k, v in metrics.items() if k != "per_keypoint_rmse"}, step=step)
-        tracking.log_metrics_dict({"val_rmse": metrics["per_keypoint_rmse"]}, step=step)
+        # one step after the last epoch (epochs are steps 1..n), so the run's latest val_rmse is the
+        # evaluated (best-weights) score; the same numbers become the logged model's metrics
+        step = len(pd.read_csv(history_path)) + 1
+        scores = {k: v for k, v in metrics.items() if k != "per_keypoint_rmse"}
+        tracking.log_metrics_dict(scores, step=step, model_id=tracking.model_id_of(run))
+        # per keypoint: one table and one chart, not 15 one-point metric series
         tracking.log_pictures([*pictures, plots_dir / "per_keypoint.csv"])
     print(
-        f"validation RMSE {metrics['val_rmse']:.3f} px, MAE {metrics['val_mae']:.3f} px "
-        f"(mean face {metrics['mean_face_rmse']:.3f} px) on {metrics['n_val_faces']} faces"
+        f"validation RMSE {metrics['val_rmse']:.4f} px, MAE {metrics['val_mae']:.4f} px "
+        f"(mean face {metrics['mean_face_rmse']:.4f} px) on {metrics['n_val_faces']} faces"
     )
     return metrics

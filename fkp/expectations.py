@@ -96,9 +96,16 @@ class SuiteRunner:
         self._suites_dir = suites_dir
 
     def run(
-        self, suite_name: str, frame: pd.DataFrame, parameters: dict[str, Any] | None = None
+        self,
+        suite_name: str,
+        frame: pd.DataFrame,
+        parameters: dict[str, Any] | None = None,
+        run_name: str | None = None,
     ) -> tuple[dict[str, Any], list[dict]]:
-        """Validate ``frame`` against a suite; return GX's result as JSON and the expectations skipped."""
+        """Validate ``frame`` against a suite; return GX's result as JSON and the expectations skipped.
+
+        ``run_name`` is what Data Docs list the result under (GX shows ``__none__`` without one).
+        """
         parameters = parameters or {}
         spec, skipped = split_unbound(load_suite(suite_name, self._suites_dir), parameters)
         suite = self._context.suites.add(self._gx.ExpectationSuite(**spec))
@@ -107,8 +114,11 @@ class SuiteRunner:
         definition = self._context.validation_definitions.add(
             self._gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
         )
+        from great_expectations.core.run_identifier import RunIdentifier
+
         result = definition.run(
             batch_parameters={"dataframe": frame},
+            run_id=RunIdentifier(run_name=run_name) if run_name else None,
             expectation_parameters=parameters,
             result_format={"result_format": "COMPLETE"},
         )

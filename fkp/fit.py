@@ -79,7 +79,7 @@ class _EpochLog(keras.callbacks.Callback):
         if self.verbose:
             print(
                 f"epoch {epoch + 1:3d}/{self.epochs}  loss {logs.get('loss', float('nan')):8.4f}  "
-                f"val_rmse {logs.get('val_rmse', float('nan')):6.3f} px  lr {logs['lr']:.2e}  "
+                f"val_rmse {logs.get('val_rmse', float('nan')):7.4f} px  lr {logs['lr']:.2e}  "
                 f"{seconds:5.1f} s  {self.images / seconds:6.0f} img/s",
                 flush=True,
             )
@@ -137,7 +137,7 @@ def fit_model(
     best = int(np.nanargmin(history["val_rmse"]))
     if verbose:
         print(
-            f"best epoch {best + 1}: val_rmse {history['val_rmse'][best]:.3f} px ({seconds:.0f} s)",
+            f"best epoch {best + 1}: val_rmse {history['val_rmse'][best]:.4f} px ({seconds:.0f} s)",
             flush=True,
         )
     val_rmse_tta = None
@@ -145,7 +145,7 @@ def fit_model(
         predicted = predict_with_flip(model, to_model_input(x_val_u8), batch_size=_EVAL_BATCH)
         val_rmse_tta = rmse_px(y_val, predicted)
         if verbose:
-            print(f"val_rmse with flip averaging {val_rmse_tta:.3f} px", flush=True)
+            print(f"val_rmse with flip averaging {val_rmse_tta:.4f} px", flush=True)
     return FitResult(
         model=model,
         history=history,

@@ -12,9 +12,16 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+#: Keras names the training-set scores ``rmse``/``mae``; next to ``val_rmse`` (THE score) those names
+#: read as the same quantity, so they are logged as what they are
+RENAMED = {"rmse": "train_rmse", "mae": "train_mae", "seconds": "epoch_seconds"}
+
 
 class MlflowEpochLogger(keras.callbacks.Callback):
-    """Log every numeric value Keras reports at the end of an epoch, with ``step=epoch``.
+    """Log every numeric value Keras reports at the end of an epoch, with ``step`` = the 1-based epoch.
+
+    Steps count epochs from 1 like ``history.csv`` and the printed progress, so "best epoch 7"
+    is step 7 in MLflow's charts; names are mapped through :data:`RENAMED`.
 
     The run is addressed by id through a client rather than through the active run, so logging
     works from any thread and whatever run is active there. One ``log_batch`` call per epoch keeps
@@ -50,8 +57,14 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             values["lr"] = lr
         stamp = int(time.time() * 1000)
         return [
-            Metric(key=f"{self.prefix}{key}", value=number, timestamp=stamp, step=int(epoch))
-            for key, number in values.items()
+            Metric(
+                key=f"{self.prefix}{RENAMED.get(key, key)}",
+                value=number,
+                timestamp=stamp,
+                step=int(epoch) + 1,
+            )
+            # THE score first: MLflow's Compare plots the first metric a run ever logged by default
+            for key, number in sorted(values.items(), key=lambda item: item[0] != "val_rmse")
             if math.isfinite(number)
         ]
 

@@ -45,6 +45,5 @@ def run_register(
         )
     record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
     atomic.write_text(out, json.dumps(record, indent=2) + "\n")
-    verdict = "is the new champion" if decision.promoted else "did not take the champion alias"
-    print(f"{params.mlflow.registered_model} v{decision.version} {verdict}: {decision.reason}")
+    # the decision is printed once, by fkp.registry's log line (the CLI shows fkp's INFO messages)
     return record

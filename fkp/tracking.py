@@ -43,6 +43,12 @@ DEFAULT_EXPERIMENT = "fkp"
 ARTIFACTS_ENV = "FKP_MLFLOW_ARTIFACTS"
 ENTRYPOINT_ENV = "FKP_ENTRYPOINT"
 FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
+#: DVC sets these for every stage command (``dvc repro``, ``dvc exp run``): see dvc/stage/run.py
+DVC_STAGE_ENV = "DVC_STAGE"
+DVC_EXP_ENV = "DVC_EXP_NAME"
+#: MLflow's UI opens an experiment with this tag in its model-training view, not the GenAI one
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 TAG_GIT_COMMIT = "git.commit"
 TAG_GIT_DIRTY = "git.dirty"
@@ -117,7 +123,9 @@ def configure(
     if found is None:
         location = _as_uri(artifact_root) if artifact_root else default_artifact_root(uri)
         try:
-            experiment_id = client.create_experiment(experiment, artifact_location=location)
+            experiment_id = client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except mlflow.exceptions.MlflowException:
             found = client.get_experiment_by_name(experiment)
             if found is None:
@@ -127,6 +135,8 @@ def configure(
         experiment_id = found.experiment_id
         if found.lifecycle_stage == LifecycleStage.DELETED:
             client.restore_experiment(experiment_id)
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made before fkp tagged its experiments
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=experiment_id)
     _configured_experiment_id = experiment_id
     return experiment_id
@@ -240,6 +250,44 @@ def flow_run_id() -> str | None:
     return str(value) if value else None
 
 
+def entrypoint() -> str:
+    """What started this process: ``FKP_ENTRYPOINT`` if set (the flows set ``prefect``), else ``dvc``
+    inside a DVC stage command, else ``cli``."""
+    if chosen := os.environ.get(ENTRYPOINT_ENV):
+        return chosen
+    return "dvc" if os.environ.get(DVC_STAGE_ENV) else "cli"
+
+
+def run_name(params: Params, entrypoint_name: str | None = None) -> str:
+    """What tells runs apart at a glance: data source, architecture, imputation, entrypoint.
+
+    e.g. ``sample·lean·mask·dvc``; the full params are on the run.
+    """
+    parts = (params.data.source, params.model.arch, params.impute.strategy, entrypoint_name or entrypoint())
+    return "·".join(parts)
+
+
+def raw_data_digest(raw_dir: str | Path) -> str | None:
+    """The DVC hash of the raw data folder (``.dir`` suffix dropped), else our own content hash."""
+    recorded = dvc_md5(raw_dir)
+    if recorded:
+        return recorded.removesuffix(".dir")
+    return data_hash(raw_dir)
+
+
+def log_raw_dataset(raw_dir: str | Path, name: str, context: str = "training") -> None:
+    """Record the raw data folder as the active run's dataset input (MLflow's Dataset column).
+
+    A metadata-only dataset: the folder is the source, the DVC hash the digest, so two runs on
+    the same data show the same digest and ``dvc checkout`` of that hash brings the files back.
+    """
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    source = LocalArtifactDatasetSource(Path(raw_dir).as_posix())
+    mlflow.log_input(MetaDataset(source, name=name, digest=raw_data_digest(raw_dir)), context=context)
+
+
 def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
     """Git state, raw-data hashes, Prefect flow run, entrypoint and host (and executor) of the process."""
     tags = git_tags()
@@ -250,8 +298,8 @@ def provenance_tags(raw_dir: str | Path) -> dict[str, str]:
         tags[TAG_DVC_MD5] = recorded
     if (flow := flow_run_id()) is not None:
         tags[TAG_FLOW_RUN] = flow
-    tags[TAG_ENTRYPOINT] = os.environ.get(ENTRYPOINT_ENV) or "cli"
-    for tag, env in ((TAG_SWEEP, SWEEP_ENV), (TAG_VARIANT, VARIANT_ENV), (TAG_DVC_EXP, "DVC_EXP_NAME")):
+    tags[TAG_ENTRYPOINT] = entrypoint()
+    for tag, env in ((TAG_SWEEP, SWEEP_ENV), (TAG_VARIANT, VARIANT_ENV), (TAG_DVC_EXP, DVC_EXP_ENV)):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     tags[TAG_HOST] = socket.gethostname()
@@ -289,11 +337,13 @@ def start_run(
     tags: Mapping[str, Any] | None = None,
     run_id: str | None = None,
     raw_dir: str | Path | None = None,
+    description: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run (or resume ``run_id``) that records the params and where code and data came from.
 
     A new run gets every param (flattened, ``train.lr`` style) and the provenance tags of
-    :func:`provenance_tags` for ``raw_dir`` (default ``data/raw/<params.data.source>``). A resumed
+    :func:`provenance_tags` for ``raw_dir`` (default ``data/raw/<params.data.source>``), that folder
+    as its dataset input, and ``description`` (Markdown, the run page's Description). A resumed
     run keeps its training-time provenance; it only gains ``tags``, params it did not have yet, and
     the flow run id if it had none. If :func:`configure` was not called in this process, the
     defaults and ``params.mlflow.experiment`` are used. The run ends FAILED if the body raises.
@@ -304,7 +354,9 @@ def start_run(
         configure(experiment=params.mlflow.experiment)
     data_dir = Path(raw_dir) if raw_dir is not None else Path("data/raw") / params.data.source
     close_dead_runs([_configured_experiment_id])  # runs that killed processes left RUNNING
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+    with mlflow.start_run(
+        run_id=run_id, run_name=None if run_id else run_name, description=description
+    ) as run:
         resumed = run_id is not None
         if resumed:
             extra = {}
@@ -312,6 +364,7 @@ def start_run(
                 extra[TAG_FLOW_RUN] = flow
         else:
             extra = provenance_tags(data_dir)
+            log_raw_dataset(data_dir, name=params.data.source)
         mlflow.set_tags({**extra, **owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}})
         _log_params(run.info.run_id, flatten(params), resumed)
         yield run
@@ -333,16 +386,19 @@ def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
     return out
 
 
-def log_metrics_dict(metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
+def log_metrics_dict(
+    metrics: Mapping[str, Any], step: int | None = None, model_id: str | None = None
+) -> dict[str, float]:
     """Log the finite numbers of a (possibly nested) metrics dict to the active run; return them.
 
     Nested keys are joined with ``.`` (``{"rmse": {"left_eye_center_x": 1.2}}`` gives
     ``rmse.left_eye_center_x``); strings, ``None`` and NaN are skipped since MLflow metrics are
-    numeric series.
+    numeric series. With ``model_id`` they are also the metrics of that logged model (its page and
+    the registry show them).
     """
     numbers = _flat_numbers(metrics)
     if numbers:
-        mlflow.log_metrics(numbers, step=step)
+        mlflow.log_metrics(numbers, step=step, model_id=model_id)
     return numbers
 
 
@@ -352,9 +408,12 @@ def log_split(split_path: str | Path) -> None:
 
 
 def log_pictures(paths: Iterable[str | Path]) -> None:
-    """Attach plots and sample images to the active run under ``plots/``."""
+    """Attach plots, pictures and small tables at the active run's artifact root.
+
+    The root is where MLflow's Compare view looks for artifacts the selected runs share.
+    """
     for path in paths:
-        mlflow.log_artifact(str(path), artifact_path="plots")
+        mlflow.log_artifact(str(path))
 
 
 # --------------------------------------------------------------------------- run hand-over
@@ -378,6 +437,15 @@ def read_handoff(path: str | Path) -> dict[str, Any]:
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"{path}: field 'run_id' is missing or not a non-empty string")
     return payload
+
+
+def model_id_of(handoff: Mapping[str, Any]) -> str | None:
+    """The logged model's id in a hand-over: its ``model_id``, or the id in a ``models:/m-...`` URI."""
+    if handoff.get("model_id"):
+        return str(handoff["model_id"])
+    uri = str(handoff.get("model_uri") or "")
+    tail = uri.removeprefix("models:/")
+    return tail if tail != uri and tail.startswith("m-") and "/" not in tail else None
 
 
 def read_run_id(path: str | Path) -> str:

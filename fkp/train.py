@@ -68,15 +68,17 @@ def run_train(
     x_train, y_train = data.images[rows], targets
     x_val, y_val = data.images[split.val], data.keypoints[split.val]
     tracking.configure(experiment=params.mlflow.experiment)
-    run_name = f"{params.model.arch}-{strategy}"
     tags = {"fkp.split_id": split.split_id, "fkp.split_by_group": split.by_group}
+    description = run_description(params, len(x_train), len(x_val), split.split_id, split.by_group)
     start = time.perf_counter()
-    with tracking.start_run(run_name, params, tags=tags, raw_dir=raw_dir) as run:
+    with tracking.start_run(
+        tracking.run_name(params), params, tags=tags, raw_dir=raw_dir, description=description
+    ) as run:
         run_id = run.info.run_id
         tracking.log_split(prepared_dir / SPLIT_JSON)
         print(
             f"training {params.model.arch} on {len(x_train)} faces ({strategy}), "
-            f"validating on {len(x_val)} (split {split.split_id}); MLflow run {run_id}"
+            f"validating on {len(x_val)} (split {split.split_id}); MLflow run {run.info.run_name} {run_id}"
         )
         result = fit_model(
             x_train,
@@ -88,10 +90,9 @@ def run_train(
             callbacks=[MlflowEpochLogger(run_id)],
         )
         seconds = time.perf_counter() - start
-        best_val_rmse = float(result.best_val_rmse)
-        tracking.log_metrics_dict(
-            {"best_val_rmse": best_val_rmse, "best_epoch": result.best_epoch, "train_seconds": seconds}
-        )
+        # the best epoch's val_rmse is already in the epoch series; the evaluate stage logs THE
+        # val_rmse (best weights, observed labels) on the run and on the logged model
+        tracking.log_metrics_dict({"best_epoch": result.best_epoch, "train_seconds": round(seconds, 1)})
         # the new model replaces the old one only once it is logged, and the hand-over follows at
         # once: a kill in between leaves the previous model, history and run.json, still matching
         with atomic.atomic_path(model_out) as tmp:
@@ -103,9 +104,22 @@ def run_train(
                 max_batch=params.limits.serve_max_batch,
             )
         write_history(history_out, result.history)
-        tracking.write_run_id(run_file, run_id, model_uri=info.model_uri, split_id=split.split_id)
-    print(f"best epoch {result.best_epoch}: val RMSE {best_val_rmse:.3f} px ({seconds:.0f} s)")
-    return TrainOutcome(run_id, info.model_uri, result.best_epoch, best_val_rmse, seconds)
+        tracking.write_run_id(
+            run_file, run_id, model_uri=info.model_uri, model_id=info.model_id, split_id=split.split_id
+        )
+    return TrainOutcome(run_id, info.model_uri, result.best_epoch, float(result.best_val_rmse), seconds)
+
+
+def run_description(params: Params, n_train: int, n_val: int, split_id: str, by_group: bool) -> str:
+    """The run page's Description (Markdown): what was trained on what, in one paragraph."""
+    split_kind = "person-disjoint" if by_group else "random"
+    return (
+        f"**{params.model.arch}** CNN trained on {n_train} `{params.data.source}` faces with "
+        f"**{params.impute.strategy}** imputation of missing labels, validated on {n_val} faces "
+        f"(split `{split_id}`, {split_kind}). `val_rmse` is the validation RMSE in pixels of the "
+        "best epoch's weights over observed labels only; per-keypoint errors are in "
+        "`per_keypoint.csv` and `keypoint_errors.png`, predicted vs true faces in `val_faces.png`."
+    )
 
 
 def read_run_file(path: str | Path) -> dict[str, str]:

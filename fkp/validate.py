@@ -28,9 +28,14 @@ from fkp.groups import GROUPS_CSV
 from fkp.images import image_token_stats
 from fkp.kaggle_csv import ID_LOOKUP_CSV, SAMPLE_SUBMISSION_CSV, TEST_CSV, TRAINING_CSV
 from fkp.keypoints import COORD_COLUMNS, IMAGE_COLUMN
+from fkp.validation_page import render_summary
 
 REPORT_JSON = "validation.json"
+SUMMARY_HTML = "summary.html"
 DATA_DOCS_DIR = "data_docs"
+#: what GX adds to a result that changes on every run (times, random ids), dropped from
+#: validation.json so that it is a pure function of the data (DVC stages depend on it)
+_RUN_META = ("run_id", "validation_time", "validation_id", "checkpoint_id")
 _READ_ERROR_CHARS = 300
 
 
@@ -165,8 +170,11 @@ def validate_raw_dir(raw_dir: str | Path, report_dir: str | Path) -> ValidationR
     """Validate the Kaggle files in ``raw_dir``, writing ``report_dir/validation.json`` and ``data_docs/``.
 
     Never raises for bad data (it is reported); only I/O or programming errors raise.
+    ``validation.json`` depends on the files' content and the folder as named (relative to the
+    working directory when inside it) only; ``summary.html`` beside it shows the outcome offline.
     """
-    raw_dir, report_dir = Path(raw_dir), Path(report_dir)
+    raw_dir, report_dir = _relative_if_inside(Path(raw_dir)), Path(report_dir)
+    run_name = raw_dir.resolve().name or "raw"  # "sample", "kaggle": GX files results under it (no "/")
     report_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{DATA_DOCS_DIR}.", dir=report_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; the docs are meant to be read
@@ -176,7 +184,9 @@ def validate_raw_dir(raw_dir: str | Path, report_dir: str | Path) -> ValidationR
         found: list[Finding] = []
         parameters: dict[str, Any] = {}
         for spec in RAW_FILES:
-            entry, file_findings, frame = _validate_file(runner, spec, raw_dir / spec.name, parameters)
+            entry, file_findings, frame = _validate_file(
+                runner, spec, raw_dir / spec.name, parameters, run_name
+            )
             per_file[spec.name] = entry
             found.extend(file_findings)
             if frame is not None:
@@ -193,11 +203,36 @@ def validate_raw_dir(raw_dir: str | Path, report_dir: str | Path) -> ValidationR
         per_file=per_file,
     )
     write_text(report_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=1) + "\n")
+    write_text(report_dir / SUMMARY_HTML, render_summary(report.to_dict(), raw_dir.as_posix(), DATA_DOCS_DIR))
     return report
 
 
+def _relative_if_inside(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies inside it, else unchanged."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()) if path.is_absolute() else path
+    except ValueError:
+        return path
+
+
+def stable_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A GX suite result without what differs between two runs on the same data.
+
+    Drops the run id and time, the validation and expectation ids (random UUIDs) and the batch
+    load time; keeps every expectation, its outcome and the data fingerprint.
+    """
+    meta = {k: v for k, v in result.get("meta", {}).items() if k not in _RUN_META}
+    if "batch_markers" in meta:
+        meta["batch_markers"] = {k: v for k, v in meta["batch_markers"].items() if k != "ge_load_time"}
+    results = [
+        {**item, "expectation_config": {k: v for k, v in item["expectation_config"].items() if k != "id"}}
+        for item in result.get("results", [])
+    ]
+    return {**{k: v for k, v in result.items() if k != "id"}, "meta": meta, "results": results}
+
+
 def _validate_file(
-    runner: SuiteRunner, spec: RawFile, path: Path, parameters: dict[str, Any]
+    runner: SuiteRunner, spec: RawFile, path: Path, parameters: dict[str, Any], run_name: str
 ) -> tuple[dict[str, Any], list[Finding], pd.DataFrame | None]:
     """Run both suites of one file; return its report entry, findings and the checked frame."""
     entry: dict[str, Any] = {
@@ -213,7 +248,8 @@ def _validate_file(
         header = pd.read_csv(path, nrows=0, dtype=str)
     except ValueError as exc:  # empty file, not CSV, not UTF-8
         return entry, [_read_failure(path, exc)], None
-    columns_result, _ = runner.run(f"{spec.suite}.columns", header)
+    columns_result, _ = runner.run(f"{spec.suite}.columns", header, run_name=run_name)
+    columns_result = stable_result(columns_result)
     entry["suites"][f"{spec.suite}.columns"] = columns_result
     if not columns_result["success"]:  # rows are only checked once the header is right
         return entry, findings(columns_result, str(path)), None
@@ -224,7 +260,8 @@ def _validate_file(
     raw.index = pd.RangeIndex(1, len(raw) + 1)  # the 1-based data row: GX reports rows by it
     frame = spec.derive(raw)
     del raw
-    values_result, skipped = runner.run(f"{spec.suite}.values", frame, parameters)
+    values_result, skipped = runner.run(f"{spec.suite}.values", frame, parameters, run_name=run_name)
+    values_result = stable_result(values_result)
     entry["suites"][f"{spec.suite}.values"] = values_result
     entry["rows"] = len(frame)
     entry["skipped"] = [e.get("description", e["type"]) for e in skipped]

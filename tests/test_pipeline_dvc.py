@@ -49,6 +49,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(project_copy):
     # the latest val_rmse of the run is the evaluated score, not the last epoch's
     run = mlflow.MlflowClient().get_run(champion.run_id)
     assert run.data.metrics["val_rmse"] == pytest.approx(metrics["val_rmse"], abs=1e-3)
+    # DVC's stage environment marks the run; the name says what differs between runs
+    assert run.data.tags["fkp.entrypoint"] == "dvc" and run.info.run_name == "sample·lean·mask·dvc"
 
     second = dvc("repro", cwd=project_copy)
     assert ran(second) == set(), second

@@ -33,6 +33,8 @@ def experiment(store: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
         tracking.ARTIFACTS_ENV,
         tracking.ENTRYPOINT_ENV,
         tracking.FLOW_RUN_ENV,
+        tracking.DVC_STAGE_ENV,
+        tracking.DVC_EXP_ENV,
     ):
         monkeypatch.delenv(name, raising=False)
     previous = mlflow.get_tracking_uri()
@@ -110,6 +112,44 @@ def test_new_run_records_params_and_provenance(
     assert data.tags[tracking.TAG_GIT_DIRTY] in {"true", "false"}
 
 
+def test_entrypoint_and_run_name_say_what_differs(experiment: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = from_dict(
+        {"data": {"source": "kaggle"}, "model": {"arch": "seed"}, "impute": {"strategy": "drop"}}
+    )
+    assert tracking.entrypoint() == "cli"
+    assert tracking.run_name(params) == "kaggle·seed·drop·cli"
+    monkeypatch.setenv(tracking.DVC_STAGE_ENV, "train")  # what `dvc repro` / `dvc exp run` set
+    assert tracking.run_name(Params()) == "sample·lean·mask·dvc"
+    monkeypatch.setenv(tracking.ENTRYPOINT_ENV, "prefect")  # the flows say so explicitly
+    assert tracking.entrypoint() == "prefect"
+
+
+def test_new_run_has_dataset_description_and_training_view(
+    store: dict[str, str], experiment: str, raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.lock").write_text(
+        f"schema: '2.0'\nstages:\n  sample:\n    outs:\n    - path: {raw_dir.as_posix()}\n"
+        "      md5: 0123456789abcdef0123456789abcdef.dir\n"
+    )
+    monkeypatch.setenv(tracking.DVC_STAGE_ENV, "train")
+    monkeypatch.setenv(tracking.DVC_EXP_ENV, "lucky-lamb")
+    with tracking.start_run("r", Params(), raw_dir=raw_dir, description="**why** this run") as run:
+        run_id = run.info.run_id
+    client = MlflowClient()
+    logged = client.get_run(run_id)
+    assert logged.data.tags["mlflow.note.content"] == "**why** this run"
+    assert logged.data.tags[tracking.TAG_ENTRYPOINT] == "dvc"
+    assert logged.data.tags[tracking.TAG_DVC_EXP] == "lucky-lamb"
+    (dataset_input,) = logged.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "sample"
+    assert dataset_input.dataset.digest == "0123456789abcdef0123456789abcdef"
+    assert raw_dir.as_posix() in dataset_input.dataset.source
+    assert [t.value for t in dataset_input.tags if t.key == "mlflow.data.context"] == ["training"]
+    kind = client.get_experiment(experiment).tags[tracking.EXPERIMENT_KIND_TAG]
+    assert kind == tracking.EXPERIMENT_KIND
+
+
 def test_run_outside_git_has_no_commit_and_defaults_to_cli(
     experiment: str, raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,7 +211,7 @@ def test_artifact_and_metric_helpers(experiment: str, raw_dir: Path, tmp_path: P
     assert logged == {"rmse": 2.0, "per_keypoint.nose_tip_x": 1.0}
     client = MlflowClient()
     assert [a.path for a in client.list_artifacts(run.info.run_id, "split")] == ["split/split.json"]
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/curve.png"]
+    assert "curve.png" in [a.path for a in client.list_artifacts(run.info.run_id)]  # root: Compare finds it
     history = client.get_metric_history(run.info.run_id, "per_keypoint.nose_tip_x")
     assert [(m.step, m.value) for m in history] == [(3, 1.0)]
 
@@ -235,7 +275,21 @@ def test_epoch_logger_writes_history_to_a_run_that_is_not_active(experiment: str
         )  # fmt: skip
 
     client = MlflowClient()
-    for key in ("loss", "val_loss", "val_mae", "lr"):
-        assert [m.step for m in client.get_metric_history(target.info.run_id, key)] == [0, 1, 2], key
+    for key in ("loss", "val_loss", "val_mae", "train_mae", "lr"):
+        assert [m.step for m in client.get_metric_history(target.info.run_id, key)] == [1, 2, 3], key
+    assert "mae" not in client.get_run(target.info.run_id).data.metrics  # logged as train_mae
     assert client.get_metric_history(target.info.run_id, "lr")[0].value == pytest.approx(0.01)
     assert client.get_run(other.info.run_id).data.metrics == {}
+
+
+def test_epoch_metrics_put_the_score_first_and_name_training_scores(experiment: str) -> None:
+    pytest.importorskip("keras")
+    from fkp.mlflow_callback import MlflowEpochLogger
+
+    logger = MlflowEpochLogger("unused-run-id")
+    metrics = logger.epoch_metrics(
+        4, {"loss": 3.0, "rmse": 2.5, "mae": 2.0, "val_rmse": 2.75, "seconds": 1.5}
+    )
+    assert [m.key for m in metrics][:1] == ["val_rmse"]  # MLflow's Compare plots the first one logged
+    assert {m.key for m in metrics} == {"val_rmse", "loss", "train_rmse", "train_mae", "epoch_seconds"}
+    assert {m.step for m in metrics} == {5}  # epochs are counted from 1, like history.csv

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -344,3 +346,44 @@ def test_image_token_stats_match_the_pixels_and_locate_bad_tokens() -> None:
     assert stats.first_bad.tolist() == [None, "x1", None, None, None, "1\n2", "a"]
     assert stats.minimum[5] == stats.maximum[5] == 5
     assert np.isnan(stats.minimum[3]) and np.isnan(stats.maximum[4]) and np.isnan(stats.maximum[6])
+
+
+def test_validation_json_is_a_pure_function_of_the_data(
+    clean: tuple[Path, ValidationReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same files, another run and another spelling of the folder: byte-identical validation.json."""
+    raw, _ = clean
+    monkeypatch.chdir(raw.parent)
+    validate_raw_dir(raw.resolve(), tmp_path / "absolute")  # absolute, inside the working directory
+    validate_raw_dir(Path(raw.name), tmp_path / "relative")
+    first = (tmp_path / "absolute" / "validation.json").read_text()
+    assert first == (tmp_path / "relative" / "validation.json").read_text()
+    assert str(raw.parent) not in first
+    assert not re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d|\d{8}T\d{6}", first), "a timestamp"
+    assert not re.search(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-", first), "a random id"
+    summary = (tmp_path / "relative" / "summary.html").read_text()
+    assert summary == (tmp_path / "absolute" / "summary.html").read_text()
+
+
+def test_summary_page_reads_offline_and_data_docs_name_the_run(
+    clean: tuple[Path, ValidationReport], tmp_path: Path
+) -> None:
+    raw, _ = clean
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in raw.glob("*.csv"):
+        (bad / path.name).write_bytes(path.read_bytes())
+    training = pd.read_csv(bad / kaggle_csv.TRAINING_CSV)
+    training.loc[2, "nose_tip_x"] = 140.0
+    training.to_csv(bad / kaggle_csv.TRAINING_CSV, index=False)
+    report = validate_raw_dir(bad, tmp_path / "report")
+    page = (tmp_path / "report" / "summary.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), (
+        "the page must load nothing from a network"
+    )
+    assert "FAILED" in page and "nose_tip_x" in page
+    assert all(html.escape(error) in page for error in report.errors)
+    assert "training.values" in page and 'href="data_docs/index.html"' in page
+    docs_index = (tmp_path / "report" / "data_docs" / "index.html").read_text()
+    assert "__none__" not in docs_index
+    assert "'run_name': 'bad'" in docs_index  # the run is named after the raw folder
