@@ -259,11 +259,14 @@ def entrypoint() -> str:
 
 
 def run_name(params: Params, entrypoint_name: str | None = None) -> str:
-    """What tells runs apart at a glance: data source, architecture, imputation, entrypoint.
+    """What tells runs apart at a glance: data source, architecture, imputation, entrypoint (+ variant).
 
-    e.g. ``sample·lean·mask·dvc``; the full params are on the run.
+    e.g. ``sample·lean·mask·dvc``, or ``sample·lean·mask·prefect·0.004`` for a sweep variant (whose
+    name is the values it changes); the full params are on the run.
     """
-    parts = (params.data.source, params.model.arch, params.impute.strategy, entrypoint_name or entrypoint())
+    parts = [params.data.source, params.model.arch, params.impute.strategy, entrypoint_name or entrypoint()]
+    if variant := os.environ.get(VARIANT_ENV):
+        parts.append(variant)
     return "·".join(parts)
 
 
