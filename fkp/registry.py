@@ -136,8 +136,6 @@ def decide(
 def _record(client: MlflowClient, name: str, run_id: str, decision: PromotionDecision) -> None:
     client.update_model_version(name, decision.version, description=decision.reason)
     client.set_tag(run_id, TAG_PROMOTION, "promoted" if decision.promoted else "kept")
-    if math.isfinite(decision.candidate_rmse):
-        client.log_metric(run_id, "registry.candidate_rmse", decision.candidate_rmse)
     if decision.champion_rmse is not None:
         client.log_metric(run_id, "registry.champion_rmse", decision.champion_rmse)
     client.log_text(run_id, json.dumps(decision.to_dict(), indent=2) + "\n", DECISION_ARTIFACT)
