@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -109,6 +110,13 @@ def exists(pattern: str, folder: Path) -> Callable[[str], bool]:
 
 def printed(text: str) -> Callable[[str], bool]:
     return lambda output: text in output
+
+
+def mlflow_run_id(output: str) -> str:
+    """The run id from train's "MLflow run <name> <id>" line."""
+    found = re.search(r"MLflow run \S+ ([0-9a-f]{32})", output)
+    assert found, output
+    return found[1]
 
 
 def run_statuses(project: Path) -> dict[str, str]:
@@ -211,6 +219,8 @@ def test_killed_register_leaves_a_consistent_registry(trained: Path) -> None:
     ok(trained, "register")
     first = champion_version(trained)
     assert first is not None
+    ok(trained, "train")  # a new run to register
+    ok(trained, "evaluate")
 
     def new_version(_output: str) -> bool:
         with closing(sqlite3.connect(trained / "mlflow.db", timeout=30)) as conn:
@@ -218,10 +228,12 @@ def test_killed_register_leaves_a_consistent_registry(trained: Path) -> None:
 
     kill_when(trained, ["register"], new_version)  # registered, not yet decided
     assert champion_version(trained) == first
-    ok(trained, "register")
+    ok(trained, "register")  # the rerun decides for the version the killed one made: no third
     assert champion_version(trained) is not None
     decision = json.loads((trained / "reports/registry.json").read_text())
-    assert decision["version"] == "3" and decision["registered_model"] == MODEL_NAME
+    assert decision["version"] == "2" and decision["registered_model"] == MODEL_NAME
+    with closing(sqlite3.connect(trained / "mlflow.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM model_versions").fetchone()[0] == 2
     assert "RUNNING" not in run_statuses(trained).values()
     assert leftovers(trained) == []
 
@@ -235,7 +247,7 @@ def test_killed_training_is_closed_and_cleaned_at_the_next_start(trained: Path) 
 
     # a start while this training runs leaves its run alone (the process is alive) ...
     proc, log = start_until(trained, ["train"], printed("MLflow run"))
-    live_run = log.read_text().split("MLflow run ")[1].split()[0]
+    live_run = mlflow_run_id(log.read_text())
     client = MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
     assert close_dead_runs([client.get_experiment_by_name("fkp").experiment_id], client=client) == []
     assert run_statuses(trained)[live_run] == "RUNNING"
@@ -285,13 +297,14 @@ def test_copied_project_keeps_its_artifacts_and_a_deleted_store_is_one_line(trai
     original = sorted(p.name for p in (trained / "mlartifacts").iterdir())
 
     proc, log = start_until(copy, ["train"], printed("MLflow run"))
-    run_id = log.read_text().split("MLflow run ")[1].split()[0]
+    run_id = mlflow_run_id(log.read_text())
     (copy / "mlflow.db").unlink()  # deleted mid-training
     code, output = finish(proc, log)
     assert code == 4, output
     assert "Traceback" not in output
     assert output.strip().splitlines()[-1].startswith("fkp train: MLflow store")
-    assert "mlflow.db was deleted or moved while the step ran" in output.strip().splitlines()[-1]
+    last = output.strip().splitlines()[-1]  # which depends on what the step was doing at the time
+    assert "mlflow.db" in last and ("deleted or moved" in last or "missing or was replaced" in last), last
     assert leftovers(copy) == []
     # the copy's run wrote its artifacts (the split, logged first) into the copy, not the original
     assert (copy / "mlartifacts" / run_id / "artifacts/split/split.json").is_file()
