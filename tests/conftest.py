@@ -179,9 +179,13 @@ CHROMIUM_FLAGS = [
 SCREENSHOTS = ROOT / "tests" / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium():
-    """Debian's headless Chromium driven by Playwright (no browser download); in CI it must exist."""
+    """Debian's headless Chromium driven by Playwright (no browser download); in CI it must exist.
+
+    Per test: Playwright's sync API runs an event loop in the main thread while it is open, and a
+    Prefect flow called from a thread with a running loop turns into a coroutine.
+    """
     if not CHROMIUM.is_file():
         message = f"{CHROMIUM} not found: apt-get install -y chromium"
         if os.environ.get("CI"):
