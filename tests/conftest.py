@@ -179,6 +179,16 @@ CHROMIUM_FLAGS = [
 SCREENSHOTS = ROOT / "tests" / "artifacts"
 
 
+def require_chromium() -> Path:
+    """Debian's Chromium; missing, it fails the test in CI and skips it elsewhere."""
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    message = f"{CHROMIUM} not found: apt-get install -y chromium (Debian)"
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests must run in CI: {message}")
+    pytest.skip(message)
+
+
 @pytest.fixture
 def chromium():
     """Debian's headless Chromium driven by Playwright (no browser download); in CI it must exist.
@@ -186,11 +196,7 @@ def chromium():
     Per test: Playwright's sync API runs an event loop in the main thread while it is open, and a
     Prefect flow called from a thread with a running loop turns into a coroutine.
     """
-    if not CHROMIUM.is_file():
-        message = f"{CHROMIUM} not found: apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

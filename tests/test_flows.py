@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from fkp import pipeline, versioning
 from fkp.lock import holder
 from fkp.params import from_dict
+from fkp.prefect_local import healthy
 from flows import retrain as retrain_flow
 from flows import sweep as sweep_flow
 
@@ -236,14 +237,6 @@ def test_a_process_worker_picks_up_a_deployment_run(prefect_api, tmp_path) -> No
         worker.wait(timeout=30)
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_a_killed_retrain_leaves_no_temporary_prefect_server_behind(tmp_path) -> None:
     project = make_project_copy(tmp_path / "project")
@@ -261,11 +254,11 @@ def test_a_killed_retrain_leaves_no_temporary_prefect_server_behind(tmp_path) ->
         line = proc.stdout.readline()
         assert "starting a temporary one on" in line, line
         url = line.split(" on ", 1)[1].split()[0]
-        wait_until(lambda: _answers(url), 120, "the temporary Prefect server")
+        wait_until(lambda: healthy(url), 120, "the temporary Prefect server")
     finally:
         proc.kill()  # kill -9: no cleanup code of ours runs
         proc.wait()
-    wait_until(lambda: not _answers(url), 60, "the orphaned temporary server to stop")
+    wait_until(lambda: not healthy(url), 60, "the orphaned temporary server to stop")
 
 
 # --------------------------------------------------------------------------- retrain on one project

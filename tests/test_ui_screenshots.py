@@ -22,35 +22,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, make_project_copy
+from conftest import CHROMIUM_FLAGS, ROOT, make_project_copy, require_chromium
 
 from fkp import quiet
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 SHOTS = ROOT / "reports" / "screenshots"
 KEY_COLUMNS = ("val_rmse", "impute.strategy", "model.arch", "data.source")
 PICTURES = ("val_faces.png", "learning_curves.png", "keypoint_errors.png", "per_keypoint.csv")
 UI_TIMEOUT_MS = 90_000  # two cores shared with a training run elsewhere: the UI can be slow to render
 
 pytestmark = pytest.mark.slow
-
-
-def _chromium() -> Path:
-    """Debian's Chromium; in CI a missing browser is a failure, elsewhere a skip."""
-    if CHROMIUM.is_file():
-        return CHROMIUM
-    message = f"{CHROMIUM} not found: apt-get install -y chromium"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _free_port() -> int:
@@ -122,7 +103,7 @@ def mlflow_ui(two_runs: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    chromium = _chromium()
+    chromium = require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

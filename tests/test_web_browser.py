@@ -12,43 +12,29 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, require_chromium
+from conftest import CHROMIUM_FLAGS as BROWSER_FLAGS
 
 from tests.web_support import post, running_server, synthetic_photos, train_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "web_page.png"
 CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
+    *BROWSER_FLAGS,
     "--use-fake-device-for-media-stream",  # a synthetic camera (a test pattern, no face)
     "--use-fake-ui-for-media-stream",  # camera permission granted without a prompt
 ]
 TIMEOUT_MS = 60_000  # a bound on waiting for the page, not a speed check
 
 
-def _require_chromium() -> None:
-    if CHROMIUM.is_file():
-        return
-    reason = f"{CHROMIUM} is missing: apt-get install -y chromium (Debian)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the browser test must run in CI: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    _require_chromium()
+    require_chromium()
     model = tmp_path_factory.getbasetemp() / "web-model" / "tiny.keras"
     if not model.is_file():
         train_tiny_model(model)
