@@ -641,3 +641,16 @@ def test_a_signal_caught_inside_a_finalizer_still_stops_the_step() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.stdout.strip() == "stopped 143", done.stdout + done.stderr
+
+
+def test_an_error_raised_after_a_signal_is_reported_as_the_signal(monkeypatch) -> None:
+    """TensorFlow tracing a function turns our SIGTERM exception into its own AssertionError."""
+    from fkp.safety import leftovers
+    from fkp.safety.messages import describe
+
+    broken_graph = AssertionError("Nesting violated for default stack of FuncGraph objects")
+    assert describe(broken_graph) is None  # without a signal: a bug, with its traceback
+    monkeypatch.setattr(leftovers, "received_signal", signal.SIGTERM)
+    failure = describe(broken_graph)
+    assert failure is not None and failure.code == 128 + signal.SIGTERM
+    assert failure.message == "stopped by a signal; nothing half-written was kept"

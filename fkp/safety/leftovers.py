@@ -75,7 +75,13 @@ def remove_stale(folders: Iterable[str | Path] = OUTPUT_FOLDERS) -> list[Path]:
     return removed
 
 
+#: the signal that stopped this process, once one arrived: an error raised after it is its consequence
+received_signal: int | None = None
+
+
 def _raise_terminated(signum: int, _frame) -> None:
+    global received_signal
+    received_signal = signum
     raise Terminated(128 + signum)
 
 

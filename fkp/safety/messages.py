@@ -97,9 +97,18 @@ def _is_store_error(error: BaseException) -> bool:
 
 
 def describe(error: BaseException) -> Failure | None:
-    """The one-line message and exit code of a known failure; ``None`` for anything else."""
+    """The one-line message and exit code of a known failure; ``None`` for anything else.
+
+    A signal can arrive inside library code that replaces our exception with its own (TensorFlow,
+    tracing a function, reports a broken graph stack instead): once a signal was received, whatever
+    ends the step is reported as that signal.
+    """
+    from fkp.safety import leftovers
+
     if isinstance(error, Terminated):
         return Failure("stopped by a signal; nothing half-written was kept", int(error.code or 143))
+    if leftovers.received_signal is not None and not isinstance(error, KeyboardInterrupt):
+        return Failure("stopped by a signal; nothing half-written was kept", 128 + leftovers.received_signal)
     if isinstance(error, KeyboardInterrupt):
         return Failure("interrupted; nothing half-written was kept", EXIT_INTERRUPTED)
     if isinstance(error, DataError):
