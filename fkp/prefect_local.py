@@ -45,6 +45,16 @@ def healthy(url: str) -> bool:
         return False
 
 
+def _flush() -> None:
+    """Send the run's last logs and events before the server goes (else Prefect reports it cannot)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=10)
+
+
 @contextlib.contextmanager
 def api_url() -> Iterator[str]:
     """The Prefect API to report to: the configured one, else a temporary server tied to this process."""
@@ -87,6 +97,7 @@ def api_url() -> Iterator[str]:
             else:
                 os.environ["PREFECT_API_URL"] = previous
     finally:
+        _flush()
         server.terminate()
         try:
             server.wait(timeout=20)
