@@ -110,7 +110,10 @@ def fit_model(
 
     model = build_model(model_params, seed=tp.seed, mirror_x=tp.augment.mirror_x)
     optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate_schedule(tp, steps), weight_decay=tp.weight_decay
+        learning_rate=learning_rate_schedule(tp, steps),
+        weight_decay=tp.weight_decay,
+        use_ema=tp.ema > 0,
+        ema_momentum=tp.ema or 0.99,
     )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(
@@ -121,6 +124,8 @@ def fit_model(
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_rmse", mode="min", patience=tp.patience, restore_best_weights=True
     )
+    # With EMA, validation, early stopping and the returned model all see the averaged weights.
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if tp.ema > 0 else []
     log = _EpochLog(tp.epochs, steps * tp.batch_size, verbose)
     start = time.perf_counter()
     keras_history = model.fit(
@@ -128,7 +133,7 @@ def fit_model(
         validation_data=val,
         epochs=tp.epochs,
         steps_per_epoch=steps,
-        callbacks=[log, stopper, *callbacks],
+        callbacks=[*ema, log, stopper, *callbacks],
         shuffle=False,  # the dataset shuffles, seeded
         verbose=0,
     )

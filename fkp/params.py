@@ -57,6 +57,12 @@ class AugmentParams:
     scale: float = 0.05
     brightness: float = 0.2
     contrast: float = 0.2
+    # Camera degradations, each the probability that an image gets it (ranges: fkp/augment.py).
+    blur: float = 0.0
+    noise: float = 0.0
+    jpeg: float = 0.0
+    gamma: float = 0.0
+    occlusion: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ class TrainParams:
     lr_schedule: str = "cosine"  # cosine (after linear warm-up) | constant
     warmup_epochs: int = 2
     weight_decay: float = 1e-2
-    loss: str = "mse"  # mse | mae (both masked: missing targets are ignored)
+    loss: str = "mse"  # mse | mae | wing (all masked: missing targets are ignored)
+    ema: float = 0.0  # momentum of an exponential moving average of the weights (0: off)
     patience: int = 25
     seed: int = 42
     tta_flip: bool = False  # flip averaging: ~0.07 px better, half the inference speed

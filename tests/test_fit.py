@@ -74,3 +74,20 @@ def test_train_stream_is_deterministic_and_keeps_missing_labels(data):
     # augmentation moves labels but never invents or drops one
     labelled = sorted(np.isnan(y).sum() for y in y_train)
     assert all(np.isnan(row).sum() in labelled for row in keypoints)
+
+
+@pytest.mark.slow
+def test_ema_weights_are_what_is_validated_and_returned(data):
+    """With ``train.ema`` the best epoch's averaged weights come back, and they score as recorded."""
+    import dataclasses
+
+    x_train, y_train, x_val, y_val = data
+    params = dataclasses.replace(TRAIN, epochs=3, ema=0.9, tta_flip=False)
+    plain = fit_model(
+        x_train, y_train, x_val, y_val, MODEL, dataclasses.replace(params, ema=0.0), verbose=False
+    )
+    result = fit_model(x_train, y_train, x_val, y_val, MODEL, params, verbose=False)
+    predicted = result.model.predict(to_model_input(x_val), verbose=0)
+    assert rmse_px(y_val, predicted) == pytest.approx(result.best_val_rmse, rel=1e-4)
+    # same seed and data: only the averaging differs, so the validation curves must differ
+    assert not np.allclose(plain.history["val_rmse"], result.history["val_rmse"])

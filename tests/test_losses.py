@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fkp.losses import MaskedMAE, MaskedRMSE, get_loss, masked_mae, masked_mse
+from fkp.losses import WING_EPS, WING_W, MaskedMAE, MaskedRMSE, get_loss, masked_mae, masked_mse, masked_wing
 
 
 def targets_and_predictions():
@@ -60,3 +60,22 @@ def test_unknown_loss_name_is_rejected():
     assert get_loss("mse") is masked_mse
     with pytest.raises(ValueError, match="unknown loss 'huber'"):
         get_loss("huber")
+
+
+def test_wing_loss_is_log_then_linear_continuous_and_masked():
+    def wing(error: float, label: float = 10.0) -> float:
+        return float(
+            masked_wing(
+                np.array([[label, np.nan]], np.float32), np.array([[label + error, 99.0]], np.float32)
+            )
+        )
+
+    assert wing(0.0) == 0.0
+    assert wing(1.0) == pytest.approx(WING_W * np.log1p(1.0 / WING_EPS), rel=1e-5)
+    assert wing(-1.0) == pytest.approx(wing(1.0), rel=1e-6)
+    # continuous at w, then slope 1 (a gross error grows linearly, not quadratically)
+    assert wing(WING_W - 1e-3) == pytest.approx(wing(WING_W + 1e-3), abs=1e-2)
+    assert wing(WING_W + 11.0) - wing(WING_W + 1.0) == pytest.approx(10.0, rel=1e-4)
+    # steeper than MSE near zero: small errors still pull
+    assert wing(0.5) > 0.5**2
+    assert get_loss("wing") is masked_wing
