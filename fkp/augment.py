@@ -109,6 +109,94 @@ def adjust_intensity(images: tf.Tensor, seed, params: AugmentParams) -> tf.Tenso
     return tf.clip_by_value((images - mean) * contrast + mean + brightness, 0.0, 1.0)
 
 
+# Ranges of the camera degradations; the params say how often each is applied (0: never).
+BLUR_SIGMA = (0.3, 1.6)  # Gaussian blur, px (defocus, motion-free webcams, upscaled crops)
+NOISE_STD = (2 / 255, 14 / 255)  # additive Gaussian sensor noise, in 0..1 intensity units
+JPEG_QUALITY = (10, 60)  # re-encoding quality (heavily compressed video frames and uploads)
+LOG_GAMMA = 0.5  # gamma in exp(-0.5)..exp(0.5) = 0.61..1.65 (exposure, tone curves)
+OCCLUDER_SIDE = (0.15, 0.4)  # occluding rectangle sides, as fractions of the image (hands, mics, hair)
+_BLUR_RADIUS = 4  # taps each side: 3 sigma of the largest blur
+
+
+def _chosen(shape, seed, probability: float) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed) < probability
+
+
+def _between(shape, seed, bounds: tuple[float, float]) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed, minval=bounds[0], maxval=bounds[1])
+
+
+def _blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """Separable Gaussian blur with one sigma per image (sigma ~0: unchanged), edges reflected.
+
+    The batch is laid out as channels of one image, so one depthwise convolution per axis
+    blurs every image with its own kernel.
+    """
+    taps = tf.range(-_BLUR_RADIUS, _BLUR_RADIUS + 1, dtype=tf.float32)
+    weights = tf.exp(-(taps[None, :] ** 2) / (2.0 * tf.maximum(sigma, 1e-3)[:, None] ** 2))
+    weights = weights / tf.reduce_sum(weights, axis=1, keepdims=True)  # (B, K)
+    x = tf.transpose(images, [3, 1, 2, 0])  # (1, H, W, B)
+    pad = [[0, 0], [_BLUR_RADIUS, _BLUR_RADIUS], [_BLUR_RADIUS, _BLUR_RADIUS], [0, 0]]
+    x = tf.pad(x, pad, mode="REFLECT")
+    kernel = tf.transpose(weights)[:, :, None]  # (K, B, 1)
+    x = tf.nn.depthwise_conv2d(x, kernel[None, :, :, :], [1, 1, 1, 1], "VALID")  # along x
+    x = tf.nn.depthwise_conv2d(x, kernel[:, None, :, :], [1, 1, 1, 1], "VALID")  # along y
+    return tf.transpose(x, [3, 1, 2, 0])
+
+
+def _jpeg(images: tf.Tensor, quality: tf.Tensor, chosen: tf.Tensor) -> tf.Tensor:
+    """The chosen images re-encoded as JPEGs, each at its own quality, and decoded again."""
+
+    def one(args):
+        image, q, pick = args
+        return tf.cond(pick, lambda: tf.image.adjust_jpeg_quality(image, q), lambda: image)
+
+    return tf.map_fn(one, (images, quality, chosen), fn_output_signature=tf.float32)
+
+
+def _occlude(images: tf.Tensor, seed) -> tf.Tensor:
+    """A rectangle of one random grey level over each image, at a random place and size."""
+    b = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    size = tf.cast(IMAGE_SIZE, tf.float32)
+    sides = _between([b, 2], seeds[0], OCCLUDER_SIDE) * size
+    corner = tf.random.stateless_uniform([b, 2], seeds[1]) * (size - sides)
+    grey = tf.random.stateless_uniform([b, 1, 1, 1], seeds[2])
+    grid = tf.range(IMAGE_SIZE, dtype=tf.float32)
+    inside_x = (grid[None, :] >= corner[:, :1]) & (grid[None, :] < corner[:, :1] + sides[:, :1])
+    inside_y = (grid[None, :] >= corner[:, 1:]) & (grid[None, :] < corner[:, 1:] + sides[:, 1:])
+    inside = (inside_y[:, :, None] & inside_x[:, None, :])[..., None]
+    return tf.where(inside, grey, images)
+
+
+def degrade(images: tf.Tensor, seed, params: AugmentParams) -> tf.Tensor:
+    """What other cameras do to a face: gamma, blur, JPEG, noise and occlusion, each with its probability.
+
+    Applied in the order a camera pipeline would (tone curve, optics, compression, then the
+    noise of a new sensor), occlusion last. Keypoints do not move.
+    """
+    b = tf.shape(images)[0]
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 11))
+    if params.gamma > 0:
+        gamma = tf.exp(_uniform([b, 1, 1, 1], seeds[0], LOG_GAMMA))
+        chosen = _chosen([b, 1, 1, 1], seeds[1], params.gamma)
+        images = tf.where(chosen, tf.maximum(images, 1e-6) ** gamma, images)
+    if params.blur > 0:
+        sigma = _between([b], seeds[2], BLUR_SIGMA)
+        images = _blur(images, tf.where(_chosen([b], seeds[3], params.blur), sigma, 0.0))
+    if params.jpeg > 0:
+        quality = tf.cast(_between([b], seeds[4], JPEG_QUALITY), tf.int32)
+        images = _jpeg(images, quality, _chosen([b], seeds[5], params.jpeg))
+    if params.noise > 0:
+        std = _between([b, 1, 1, 1], seeds[6], NOISE_STD)
+        std = tf.where(_chosen([b, 1, 1, 1], seeds[7], params.noise), std, 0.0)
+        images = images + std * tf.random.stateless_normal(tf.shape(images), seeds[8])
+    if params.occlusion > 0:
+        chosen = _chosen([b, 1, 1, 1], seeds[9], params.occlusion)
+        images = tf.where(chosen, _occlude(images, seeds[10]), images)
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
 def augment_batch(
     images: tf.Tensor, keypoints: tf.Tensor, seed, params: AugmentParams
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -120,4 +208,8 @@ def augment_batch(
     a, t, flipped = random_affines(tf.shape(images)[0], geometry_seed, params)
     images = transform_images(images, a, t)
     keypoints = transform_keypoints(keypoints, a, t, flipped, params.mirror_x)
-    return adjust_intensity(images, intensity_seed, params), keypoints
+    images = adjust_intensity(images, intensity_seed, params)
+    if any((params.blur, params.noise, params.jpeg, params.gamma, params.occlusion)):
+        # a seed of its own, so switching degradations on leaves the geometry stream unchanged
+        images = degrade(images, tf.random.experimental.stateless_fold_in(seed, 7), params)
+    return images, keypoints

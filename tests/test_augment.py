@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -139,3 +141,43 @@ def test_same_seed_same_augmentation():
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.allclose(a[1], c[1])
+
+
+DEGRADATIONS = ("blur", "noise", "jpeg", "gamma", "occlusion")
+
+
+def textured_batch(n: int = 8) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(0.2, 0.8, size=(n, IMAGE_SIZE, IMAGE_SIZE, 1)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", DEGRADATIONS)
+def test_each_degradation_changes_pixels_not_keypoints(name):
+    images = textured_batch()
+    keypoints = np.full((len(images), 30), 40.0, dtype=np.float32)
+    out_images, out_keypoints = run(images, keypoints, dataclasses.replace(STILL, **{name: 1.0}))
+    assert out_images.shape == images.shape
+    assert np.all((out_images >= 0) & (out_images <= 1))
+    assert np.abs(np.asarray(out_images) - images).mean() > 1e-3, name
+    np.testing.assert_allclose(out_keypoints, keypoints, atol=1e-5)
+
+
+def test_degradations_off_leave_the_batch_untouched_and_on_are_seeded():
+    images, keypoints = textured_batch(), np.full((8, 30), 40.0, dtype=np.float32)
+    off, _ = run(images, keypoints, STILL)
+    np.testing.assert_allclose(off, images, atol=1e-6)
+    every = dataclasses.replace(STILL, **{name: 0.5 for name in DEGRADATIONS})
+    a, _ = run(images, keypoints, every, seed=(3, 4))
+    b, _ = run(images, keypoints, every, seed=(3, 4))
+    c, _ = run(images, keypoints, every, seed=(3, 5))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_blur_spreads_a_dot_without_moving_it():
+    image = dot_image(40, 60)
+    out, _ = run(image, dot_keypoints(40, 60), dataclasses.replace(STILL, blur=1.0))
+    out = np.asarray(out)
+    assert out.max() < 0.9 and out.sum() == pytest.approx(1.0, rel=1e-3)  # spread, nothing lost
+    x, y = brightest(out)
+    assert (x, y) == pytest.approx((60 + PIXEL_CENTER, 40 + PIXEL_CENTER), abs=1e-3)
