@@ -35,21 +35,29 @@ def metrics_summary(predictions: np.ndarray, labels: np.ndarray, train_labels: n
     }
 
 
-def predict_validation(model_ref: str | Path, prepared_dir: str | Path, *, tta_flip: bool) -> dict:
-    """Predict the validation rows with a model path or MLflow URI and score them."""
+def predict_validation(
+    model_ref: str | Path, prepared_dir: str | Path, *, tta_flip: bool, robustness: bool = False
+) -> dict:
+    """Predict the validation rows with a model path or MLflow URI and score them.
+
+    ``robustness`` adds ``robustness_rmse``: the RMSE on the same faces under each distortion
+    of :mod:`fkp.robustness` (blur, noise, JPEG, gamma, rotation/scale, occlusion).
+    """
     from fkp.predict import load_model, predict_keypoints
 
     prepared_dir = Path(prepared_dir)
     data = load_train(prepared_dir / TRAIN_NPZ)
     split = load_split(prepared_dir / SPLIT_JSON)
     model = load_model(model_ref)
-    predictions = predict_keypoints(model, data.images[split.val], tta_flip=tta_flip)
-    return {
-        "images": data.images[split.val],
-        "labels": data.keypoints[split.val],
-        "predictions": predictions,
-        "metrics": metrics_summary(predictions, data.keypoints[split.val], data.keypoints[split.train]),
-    }
+    images, labels = data.images[split.val], data.keypoints[split.val]
+    predictions = predict_keypoints(model, images, tta_flip=tta_flip)
+    metrics = metrics_summary(predictions, labels, data.keypoints[split.train])
+    if robustness:
+        from fkp.robustness import robustness_scores
+
+        scores = robustness_scores(lambda x: predict_keypoints(model, x, tta_flip=tta_flip), images, labels)
+        metrics["robustness_rmse"] = {k: round(v, 4) for k, v in scores.items() if k != "clean"}
+    return {"images": images, "labels": labels, "predictions": predictions, "metrics": metrics}
 
 
 def score_model_uri(model_ref: str, prepared_dir: str | Path, *, tta_flip: bool) -> float:
@@ -73,7 +81,7 @@ def run_evaluate(
     from fkp.train import read_run_file
 
     plots_dir = Path(plots_dir)
-    result = predict_validation(model_path, prepared_dir, tta_flip=params.train.tta_flip)
+    result = predict_validation(model_path, prepared_dir, tta_flip=params.train.tta_flip, robustness=True)
     metrics = result["metrics"]
     atomic.write_text(metrics_out, json.dumps(metrics, indent=2) + "\n")
     table = pd.DataFrame(
@@ -98,7 +106,9 @@ def run_evaluate(
         # one step after the last epoch (epochs are steps 1..n), so the run's latest val_rmse is the
         # evaluated (best-weights) score; the same numbers become the logged model's metrics
         step = len(pd.read_csv(history_path)) + 1
-        scores = {k: v for k, v in metrics.items() if k != "per_keypoint_rmse"}
+        scores = {k: v for k, v in metrics.items() if k not in ("per_keypoint_rmse", "robustness_rmse")}
+        # val_rmse.blur, val_rmse.jpeg, ...: one column per distortion in the runs table
+        scores.update({f"val_rmse.{k}": v for k, v in metrics["robustness_rmse"].items()})
         tracking.log_metrics_dict(scores, step=step, model_id=tracking.model_id_of(run))
         # per keypoint: one table and one chart, not 15 one-point metric series
         tracking.log_pictures([*pictures, plots_dir / "per_keypoint.csv"])
@@ -106,4 +116,5 @@ def run_evaluate(
         f"validation RMSE {metrics['val_rmse']:.4f} px, MAE {metrics['val_mae']:.4f} px "
         f"(mean face {metrics['mean_face_rmse']:.4f} px) on {metrics['n_val_faces']} faces"
     )
+    print("distorted:", ", ".join(f"{k} {v:.2f}" for k, v in metrics["robustness_rmse"].items()), "px")
     return metrics
