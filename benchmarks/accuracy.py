@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from fkp.groups import read_groups
-from fkp.impute import impute_training_rows
+from fkp.impute import training_targets
 from fkp.kaggle_csv import read_training
 from fkp.metrics import mean_face, score
 from fkp.params import Params, from_dict
@@ -101,7 +101,7 @@ def evaluate_config(
     from fkp.fit import fit_model
     from fkp.predict import predict_keypoints
 
-    rows, targets = impute_training_rows(keypoints, split.train, params.impute.strategy)
+    rows, targets, impute_info = training_targets(images, keypoints, split.train, split.val, params)
     callbacks = [TimeBudget(time_budget_s)] if time_budget_s else []
     with contextlib.ExitStack() as stack:
         run_id = None
@@ -155,6 +155,7 @@ def evaluate_config(
                     "mean_face_rmse": out.mean_face_rmse,
                     "train_seconds": out.train_seconds,
                     "train_images_per_s": out.train_images_per_s,
+                    **{f"impute.{k}": v for k, v in impute_info.items()},
                 }
             )
     return out

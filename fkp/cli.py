@@ -94,10 +94,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from fkp.impute import run_impute
 
-    strategy = args.strategy or _params(args).impute.strategy
-    run_impute(args.prepared, args.out, strategy)
+    params = _params(args)
+    if args.strategy:
+        params = dataclasses.replace(
+            params, impute=dataclasses.replace(params.impute, strategy=args.strategy)
+        )
+    run_impute(args.prepared, args.out, params)
     return 0
 
 
@@ -248,12 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "impute",
         cmd_impute,
-        "fill or mask the missing training labels (ffill | mask | drop)",
-        knobs=("impute.strategy",),
+        "fill or mask the missing training labels (ffill | mask | drop | pseudo)",
+        knobs=("impute.",),
     )
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=Path("data/prepared/targets.npz"))
-    p.add_argument("--strategy", choices=("ffill", "mask", "drop"), help="default: params impute.strategy")
+    p.add_argument(
+        "--strategy", choices=("ffill", "mask", "drop", "pseudo"), help="default: params impute.strategy"
+    )
 
     add(
         "train",

@@ -34,7 +34,9 @@ class SplitParams:
 
 @dataclass(frozen=True)
 class ImputeParams:
-    strategy: str = "mask"  # ffill | mask | drop
+    strategy: str = "mask"  # ffill | mask | drop | pseudo
+    teacher_epochs: int = 80  # pseudo: epochs of the teacher (the configured network, trained as mask)
+    max_disagreement: float = 1.5  # pseudo: px between the teacher's plain and mirrored guess to accept it
 
 
 @dataclass(frozen=True)
