@@ -17,7 +17,8 @@ the repository root::
     dvc exp show                                           # the same variants and scores
 
 A grid maps dotted param keys to lists of values (every combination is a variant) or is a list of
-explicit variants (``[{"model.arch": "lean"}, {"model.arch": "seed", "model.width": 48}]``). Data
+explicit variants (``[{"model.arch": "lean"}, {"model.arch": "seed", "model.width": 48}]``), where a
+``name`` key names the variant (``{"name": "wide", "model.width": 48}``; by default its values). Data
 params (``data``, ``sample``, ``split``) cannot vary: every variant must be scored on the same split.
 
 Task runner. Each variant is a task that runs ``dvc exp run`` in a subprocess; by default the tasks run
@@ -159,7 +160,8 @@ def make_variants(
     variants: list[Variant] = []
     seen: dict[str, int] = {}
     for overrides in expand_grid(grid):
-        name = variant_name(overrides)
+        overrides = dict(overrides)  # an explicit variant may name itself
+        name = str(overrides.pop("name", "")) or variant_name(overrides)
         seen[name] = seen.get(name, 0) + 1
         if seen[name] > 1:
             name = f"{name}-{seen[name]}"

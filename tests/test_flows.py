@@ -130,6 +130,8 @@ def test_sweep_grid_expands_to_named_variants() -> None:
     assert variants[4].set_args() == ["-S", "model.arch=lean", "-S", "impute.strategy=mask"]
     assert variants[4].exp_name("0123456789ab") == "lean-mask-01234567"
     assert sweep_flow.make_variants({"train.lr": [0.5]}, base)[0].set_args() == ["-S", "train.lr=0.5"]
+    named = sweep_flow.make_variants([{"name": "slow", "train.lr": 0.1}], base)[0]
+    assert named.name == "slow" and named.set_args() == ["-S", "train.lr=0.1"]
     with pytest.raises(ValueError, match="split.seed"):
         sweep_flow.make_variants({"split.seed": [1, 2]}, base)
     with pytest.raises(ValueError, match="train.lrr"):
