@@ -113,10 +113,12 @@ def _lean_cnn(params: ModelParams) -> keras.Model:
     w = params.width
     inputs = keras.Input(INPUT_SHAPE, name="image")
     x = _conv_bn(inputs, w, 3, strides=2)  # 48x48
+    stages = []
     for filters, depth in ((2 * w, params.depth), (4 * w, params.depth), (8 * w, params.depth)):
         x = _separable_block(x, filters, strides=2)
         for _ in range(depth - 1):
             x = _separable_block(x, filters, strides=1)
+        stages.append(x)  # 24x24, 12x12, 6x6
     # x: 6x6 at 8w channels
     if params.head == "dense":
         x = _conv_bn(x, params.head_channels, 1)
@@ -126,6 +128,10 @@ def _lean_cnn(params: ModelParams) -> keras.Model:
         outputs = layers.Rescaling(_HALF, offset=_HALF, name="keypoints")(offsets)
     elif params.head == "softargmax":
         x = layers.UpSampling2D(2, interpolation="bilinear")(x)  # 12x12 heatmaps
+        if params.head_skip:
+            # the 12x12 stage still knows where things are; the 6x6 one knows what they are
+            hc = params.head_channels
+            x = layers.Add()([_conv_bn(x, hc, 1), _conv_bn(stages[1], hc, 1)])
         x = _conv_bn(x, params.head_channels, 3)
         logits = layers.Conv2D(N_KEYPOINTS, 1, name="heatmap_logits")(x)
         outputs = SoftArgmax(name="keypoints")(logits)

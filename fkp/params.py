@@ -46,6 +46,7 @@ class ModelParams:
     depth: int = 2  # lean: separable blocks per stage
     head: str = "dense"  # lean: dense | softargmax
     head_channels: int = 32  # lean: channels of the head conv
+    head_skip: bool = False  # lean softargmax: also feed the head the 12x12 stage (finer positions)
     dropout: float = 0.1
 
 

@@ -16,6 +16,9 @@ SMALL = {
     "seed": ModelParams(arch="seed", width=4),
     "lean_dense": ModelParams(arch="lean", width=8, head="dense", head_channels=8),
     "lean_softargmax": ModelParams(arch="lean", width=8, head="softargmax", head_channels=8),
+    "lean_softargmax_skip": ModelParams(
+        arch="lean", width=8, head="softargmax", head_channels=8, head_skip=True
+    ),
 }
 
 
@@ -31,7 +34,7 @@ def test_model_outputs_30_coordinates(name):
     assert np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["lean_dense", "lean_softargmax"])
+@pytest.mark.parametrize("name", ["lean_dense", "lean_softargmax", "lean_softargmax_skip"])
 def test_lean_model_starts_inside_the_image_in_pixels(name):
     out = build_model(SMALL[name], seed=0).predict(images(2), verbose=0)
     assert (out > 0).all() and (out < IMAGE_SIZE).all()
