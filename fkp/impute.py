@@ -17,6 +17,7 @@ Imputation touches training rows only; evaluation always scores the original lab
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def training_targets(
     from fkp.pseudo_labels import pseudo_label
 
     print(f"impute[pseudo]: training the teacher ({impute.teacher_epochs} epochs) ...", flush=True)
+    start = time.perf_counter()
     labels = pseudo_label(images, keypoints, train_rows, val_rows, impute, params.model, params.train)
     print(
         f"impute[pseudo]: teacher val_rmse {labels.teacher_val_rmse:.4f} px; filled {labels.filled} missing "
@@ -112,6 +114,7 @@ def training_targets(
         "teacher_val_rmse": round(labels.teacher_val_rmse, 4),
         "pseudo_filled": labels.filled,
         "pseudo_rejected": labels.rejected,
+        "teacher_seconds": round(time.perf_counter() - start, 1),  # part of what the model cost to train
     }
     return labels.rows, labels.targets, info
 

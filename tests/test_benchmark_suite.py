@@ -29,3 +29,21 @@ def test_splice_replaces_the_generated_part_and_keeps_the_rest():
     out = splice(existing, f"{BEGIN}\nnew numbers\n{END}")
     assert "new numbers" in out and "old numbers" not in out and "## Hand-written\nkept" in out
     assert splice("", f"{BEGIN}\nx\n{END}").count(BEGIN) == 1
+
+
+def test_sweep_table_reads_the_variants_back_from_mlflow(tmp_path, monkeypatch):
+    import mlflow
+
+    from benchmarks.sweep_table import render, sweep_rows
+    from fkp import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    tracking.configure(experiment="sweeps", artifact_root=str(tmp_path / "artifacts"))
+    for name, rmse in (("v1", 1.6), ("better", 1.2)):
+        with mlflow.start_run(tags={tracking.TAG_SWEEP: "s1", tracking.TAG_VARIANT: name}):
+            mlflow.log_metrics({"val_rmse": rmse, "val_rmse.blur": rmse + 1, "train_seconds": 120})
+    with mlflow.start_run():  # not a sweep variant: not in the table
+        mlflow.log_metric("val_rmse", 9.9)
+    table = render(sweep_rows("sweeps"), reference="v1")
+    assert "| better | 1.2000 | -25.0 % | 2.200 (blur) | 2.0 |" in table
+    assert "9.9" not in table

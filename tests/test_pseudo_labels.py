@@ -69,5 +69,5 @@ def test_impute_stage_records_what_the_teacher_did(tmp_path):
     rows, targets, strategy = load_targets(out)
     info = load_target_info(out)
     assert strategy == "pseudo" and len(rows) == len(targets)
-    assert set(info) == {"teacher_val_rmse", "pseudo_filled", "pseudo_rejected"}
+    assert set(info) == {"teacher_val_rmse", "pseudo_filled", "pseudo_rejected", "teacher_seconds"}
     assert info["pseudo_filled"] + info["pseudo_rejected"] == int(np.isnan(keypoints[rows]).sum())
