@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from fkp.groups import read_groups
-from fkp.impute import training_targets
+from fkp.impute import impute_training_rows
 from fkp.kaggle_csv import read_training
 from fkp.metrics import mean_face, score
 from fkp.params import Params, from_dict
@@ -100,10 +100,12 @@ def evaluate_config(
     """Train ``params`` on the split's training rows and score the validation rows."""
     from fkp.fit import fit_model
     from fkp.predict import predict_keypoints
+    from fkp.pseudo_labels import teach
 
-    impute_start = time.perf_counter()
-    rows, targets, impute_info = training_targets(images, keypoints, split.train, split.val, params)
-    impute_seconds = time.perf_counter() - impute_start  # a teacher's training (pseudo) counts as training
+    rows, targets = impute_training_rows(keypoints, split.train, params.impute.strategy)
+    # pseudo: a teacher fills the missing labels first; its time counts as training time
+    targets, teacher = teach(images[rows], targets, images[split.val], keypoints[split.val], params)
+    impute_seconds = teacher.get("impute.teacher_seconds", 0.0)
     callbacks = [TimeBudget(time_budget_s)] if time_budget_s else []
     with contextlib.ExitStack() as stack:
         run_id = None
@@ -157,7 +159,7 @@ def evaluate_config(
                     "mean_face_rmse": out.mean_face_rmse,
                     "train_seconds": out.train_seconds,
                     "train_images_per_s": out.train_images_per_s,
-                    **{f"impute.{k}": v for k, v in impute_info.items()},
+                    **teacher,
                 }
             )
     return out

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         "impute",
         cmd_impute,
         "fill or mask the missing training labels (ffill | mask | drop | pseudo)",
-        knobs=("impute.",),
+        knobs=("impute.strategy",),
     )
     p.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     p.add_argument("--out", type=Path, default=Path("data/prepared/targets.npz"))
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         cmd_train,
         "train the CNN on data/prepared and log the run (params, curves, model) to MLflow",
-        knobs=("data.source", "impute.strategy", "model.", "train.", "mlflow.experiment"),
+        knobs=("data.source", "impute.", "model.", "train.", "mlflow.experiment"),
     )
     add(
         "evaluate",

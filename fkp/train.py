@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fkp import atomic
-from fkp.impute import load_target_info, load_targets
+from fkp.impute import load_targets
 from fkp.params import Params
 from fkp.prepare import SPLIT_JSON, TRAIN_NPZ, load_train
 from fkp.split import load_split
@@ -54,6 +54,7 @@ def run_train(
     from fkp import tracking
     from fkp.fit import fit_model
     from fkp.mlflow_callback import MlflowEpochLogger
+    from fkp.pseudo_labels import teach
     from fkp.serving import log_keypoint_model
 
     prepared_dir = Path(prepared_dir)
@@ -76,8 +77,9 @@ def run_train(
     ) as run:
         run_id = run.info.run_id
         tracking.log_split(prepared_dir / SPLIT_JSON)
-        # what the imputation itself measured (pseudo: the teacher's score, labels filled / refused)
-        tracking.log_metrics_dict({f"impute.{k}": v for k, v in load_target_info(targets_path).items()})
+        # pseudo: the teacher trains first and fills the labels it is sure of (its figures: impute.*)
+        y_train, teacher = teach(x_train, y_train, x_val, y_val, params)
+        tracking.log_metrics_dict(teacher)
         print(
             f"training {params.model.arch} on {len(x_train)} faces ({strategy}), "
             f"validating on {len(x_val)} (split {split.split_id}); MLflow run {run.info.run_name} {run_id}"

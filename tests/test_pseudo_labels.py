@@ -7,9 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fkp.impute import load_target_info, load_targets, run_impute
 from fkp.params import ImputeParams, Params
-from fkp.pseudo_labels import agreeing_average, fill_missing, pseudo_label
+from fkp.pseudo_labels import agreeing_average, fill_missing, pseudo_label, teach
 from tests.test_fit import MODEL, TRAIN, synthetic
 
 
@@ -31,43 +30,35 @@ def test_fill_missing_never_replaces_an_observed_label():
 
 
 @pytest.mark.slow
-def test_pseudo_label_fills_training_rows_only_and_keeps_their_labels():
+def test_pseudo_label_fills_only_what_is_missing_and_keeps_the_labels():
     images, keypoints = synthetic(64, 0)
-    train_rows, val_rows = np.arange(48), np.arange(48, 64)
+    x_train, observed, x_val, y_val = images[:48], keypoints[:48], images[48:], keypoints[48:]
     impute = ImputeParams(strategy="pseudo", teacher_epochs=1, max_disagreement=1e6)
-    labels = pseudo_label(images, keypoints, train_rows, val_rows, impute, MODEL, TRAIN, verbose=False)
-    assert set(labels.rows) <= set(train_rows)
-    observed = keypoints[labels.rows]
+    labels = pseudo_label(x_train, observed, x_val, y_val, impute, MODEL, TRAIN, verbose=False)
     known = np.isfinite(observed)
     np.testing.assert_array_equal(labels.targets[known], observed[known])
     # accepting every guess fills every missing coordinate
     assert np.isfinite(labels.targets).all() and labels.filled == (~known).sum() and labels.rejected == 0
-    strict = pseudo_label(
-        images,
-        keypoints,
-        train_rows,
-        val_rows,
-        dataclasses.replace(impute, max_disagreement=0.0),
-        MODEL,
-        TRAIN,
-        verbose=False,
-    )
-    assert strict.filled == 0 and np.array_equal(np.isfinite(strict.targets), known)
+    strict = dataclasses.replace(impute, max_disagreement=0.0)
+    refused = pseudo_label(x_train, observed, x_val, y_val, strict, MODEL, TRAIN, verbose=False)
+    assert refused.filled == 0 and np.array_equal(np.isfinite(refused.targets), known)
 
 
 @pytest.mark.slow
-def test_impute_stage_records_what_the_teacher_did(tmp_path):
-    from fkp.kaggle_csv import TrainingSet
-    from fkp.prepare import SPLIT_JSON, TRAIN_NPZ, save_train
-    from fkp.split import make_split, save_split
-
+def test_teach_pseudo_labels_only_under_pseudo_and_reports_the_teacher():
     images, keypoints = synthetic(40, 3)
-    save_train(tmp_path / TRAIN_NPZ, TrainingSet(images, keypoints))
-    save_split(make_split(len(images), 0.25, 0, None), tmp_path / SPLIT_JSON)
+    args = (images[:30], keypoints[:30], images[30:], keypoints[30:])
+    same, nothing = teach(*args, Params(impute=ImputeParams(strategy="mask"), model=MODEL, train=TRAIN))
+    assert same is args[1] and nothing == {}
     params = Params(impute=ImputeParams(strategy="pseudo", teacher_epochs=1), model=MODEL, train=TRAIN)
-    out = run_impute(tmp_path, tmp_path / "targets.npz", params)
-    rows, targets, strategy = load_targets(out)
-    info = load_target_info(out)
-    assert strategy == "pseudo" and len(rows) == len(targets)
-    assert set(info) == {"teacher_val_rmse", "pseudo_filled", "pseudo_rejected", "teacher_seconds"}
-    assert info["pseudo_filled"] + info["pseudo_rejected"] == int(np.isnan(keypoints[rows]).sum())
+    targets, info = teach(*args, params, verbose=False)
+    assert set(info) == {
+        "impute.teacher_val_rmse",
+        "impute.pseudo_filled",
+        "impute.pseudo_rejected",
+        "impute.teacher_seconds",
+    }
+    assert info["impute.pseudo_filled"] + info["impute.pseudo_rejected"] == int(
+        np.isnan(keypoints[:30]).sum()
+    )
+    assert np.isfinite(targets).sum() == np.isfinite(keypoints[:30]).sum() + info["impute.pseudo_filled"]
