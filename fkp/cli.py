@@ -94,16 +94,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from fkp.impute import run_impute
 
-    params = _params(args)
-    if args.strategy:
-        params = dataclasses.replace(
-            params, impute=dataclasses.replace(params.impute, strategy=args.strategy)
-        )
-    run_impute(args.prepared, args.out, params)
+    strategy = args.strategy or _params(args).impute.strategy
+    run_impute(args.prepared, args.out, strategy)
     return 0
 
 
