@@ -150,7 +150,7 @@ def render(
     rows = [
         ["recipe", *per(lambda n: describe(configs[n]))],
         ["validation RMSE (px)", *per(lambda n: f"**{results[n].rmse:.3f}**")],
-        ["vs seed recipe", *per(lambda n: f"{(1 - results[n].rmse / seed.rmse) * 100:.0f} % lower")],
+        ["vs seed recipe", *per(lambda n: _versus(results[n].rmse, seed.rmse) if n != "seed recipe" else "")],
         ["mean-face baseline, same split (px)", *per(lambda n: f"{results[n].mean_face_rmse:.3f}")],
         ["validation MAE (px)", *per(lambda n: f"{results[n].mae:.3f}")],
         ["training rows used", *per(lambda n: str(results[n].n_train))],
@@ -279,6 +279,11 @@ def render(
                 lines.append("| " + " | ".join(map(str, cells)) + f" | {r['p99_ms']:.2f} |")
     lines += ["", "MLflow runs of these trainings are in experiment `fkp-benchmarks`.", END]
     return "\n".join(lines)
+
+
+def _versus(rmse: float, reference: float) -> str:
+    change = (1 - rmse / reference) * 100
+    return f"{change:.0f} % lower" if change >= 0 else f"{-change:.0f} % higher"
 
 
 def _target(label: str, measured: str, ok: bool) -> str:
