@@ -44,7 +44,7 @@ class ModelParams:
     arch: str = "lean"  # lean | seed
     width: int = 24  # channels of the first conv (seed: of the first conv pair)
     depth: int = 2  # lean: separable blocks per stage
-    head: str = "dense"  # lean: dense | softargmax
+    head: str = "softargmax"  # lean: softargmax | dense
     head_channels: int = 32  # lean: channels of the head conv
     head_skip: bool = False  # lean softargmax: also feed the head the 12x12 stage (finer positions)
     dropout: float = 0.1
@@ -56,28 +56,28 @@ class AugmentParams:
     flip: bool = True
     mirror_x: float = 97.3  # a mirrored image maps keypoint x to mirror_x - x (96: pixel i spans [i, i+1))
     shift_px: float = 3.0
-    rotate_deg: float = 10.0
-    scale: float = 0.05
+    rotate_deg: float = 15.0
+    scale: float = 0.1
     brightness: float = 0.2
     contrast: float = 0.2
     # Camera degradations, each the probability that an image gets it (ranges: fkp/augment.py).
-    blur: float = 0.0
-    noise: float = 0.0
-    jpeg: float = 0.0
-    gamma: float = 0.0
-    occlusion: float = 0.0
+    blur: float = 0.25
+    noise: float = 0.25
+    jpeg: float = 0.25
+    gamma: float = 0.3
+    occlusion: float = 0.2
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 80
+    epochs: int = 150
     batch_size: int = 64
     lr: float = 6e-3
     lr_schedule: str = "cosine"  # cosine (after linear warm-up) | constant
     warmup_epochs: int = 2
     weight_decay: float = 1e-2
-    loss: str = "mse"  # mse | mae | wing (all masked: missing targets are ignored)
-    ema: float = 0.0  # momentum of an exponential moving average of the weights (0: off)
+    loss: str = "wing"  # wing | mse | mae (all masked: missing targets are ignored)
+    ema: float = 0.99  # momentum of an exponential moving average of the weights (0: off)
     patience: int = 25
     seed: int = 42
     tta_flip: bool = False  # flip averaging: ~0.07 px better, half the inference speed
