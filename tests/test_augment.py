@@ -12,7 +12,15 @@ from fkp.augment import MIRROR_X, PIXEL_CENTER, augment_batch, flip_keypoints
 from fkp.keypoints import COORD_COLUMNS, IMAGE_SIZE
 from fkp.params import AugmentParams
 
-STILL = AugmentParams(flip=False, shift_px=0.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0)
+NO_DEGRADATION = {"blur": 0.0, "noise": 0.0, "jpeg": 0.0, "gamma": 0.0, "occlusion": 0.0}
+
+
+def geometry_only(**kwargs) -> AugmentParams:
+    """Augmentation params with the camera degradations off: they move no keypoint but smear the dots."""
+    return AugmentParams(**{**NO_DEGRADATION, **kwargs})
+
+
+STILL = geometry_only(flip=False, shift_px=0.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0)
 LEFT_EYE_X = COORD_COLUMNS.index("left_eye_center_x")
 RIGHT_EYE_X = COORD_COLUMNS.index("right_eye_center_x")
 
@@ -64,7 +72,7 @@ def test_no_augmentation_is_identity():
 
 
 def test_flip_moves_dot_and_swaps_left_right():
-    params = AugmentParams(
+    params = geometry_only(
         flip=True, shift_px=0.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, mirror_x=MIRROR_X
     )
     seed = flipping_seed(params, want=True)
@@ -90,10 +98,10 @@ def test_double_flip_is_identity():
 @pytest.mark.parametrize(
     "params",
     [
-        AugmentParams(flip=False, shift_px=6.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0),
-        AugmentParams(flip=False, shift_px=0.0, rotate_deg=25.0, scale=0.0, brightness=0.0, contrast=0.0),
-        AugmentParams(flip=False, shift_px=0.0, rotate_deg=0.0, scale=0.2, brightness=0.0, contrast=0.0),
-        AugmentParams(
+        geometry_only(flip=False, shift_px=6.0, rotate_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0),
+        geometry_only(flip=False, shift_px=0.0, rotate_deg=25.0, scale=0.0, brightness=0.0, contrast=0.0),
+        geometry_only(flip=False, shift_px=0.0, rotate_deg=0.0, scale=0.2, brightness=0.0, contrast=0.0),
+        geometry_only(
             flip=True,
             shift_px=5.0,
             rotate_deg=20.0,

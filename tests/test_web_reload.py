@@ -43,9 +43,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("registry")
     model_dir = tmp_path_factory.getbasetemp() / "web-model"
-    first = model_dir / "tiny.keras"
+    # the dense head: a shift of its output bias moves every keypoint (a soft-argmax head ignores one)
+    first = model_dir / "tiny-dense.keras"
     if not first.is_file():
-        train_tiny_model(first)
+        from fkp.params import ModelParams
+
+        train_tiny_model(first, model=ModelParams(head="dense"))
     second = _shifted_copy(first, root / "shifted.keras", 4.0)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     previous = mlflow.get_tracking_uri()

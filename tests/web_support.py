@@ -30,16 +30,17 @@ from fkp.photos import detect_faces, to_gray
 STARTUP_TIMEOUT = 180
 
 
-def train_tiny_model(path: Path, *, seed: int = 1, epochs: int = 2) -> Path:
-    """The default architecture trained for a few epochs on a tiny synthetic sample, saved at ``path``."""
+def train_tiny_model(path: Path, *, seed: int = 1, epochs: int = 2, model=None) -> Path:
+    """The default network (or ``model``) trained a few epochs on a tiny synthetic sample, saved."""
     from fkp.fit import fit_model
     from fkp.params import ModelParams, TrainParams
     from fkp.sample import generate_sample
 
     data = generate_sample(96, 1, seed, workers=1)
     x, y = data.train_images, data.train_keypoints
-    train = TrainParams(epochs=epochs, batch_size=32, patience=epochs, seed=seed)
-    result = fit_model(x[:72], y[:72], x[72:], y[72:], ModelParams(), train, verbose=False)
+    # no EMA: averaged over a few steps, the weights would still be the initial ones for every seed
+    train = TrainParams(epochs=epochs, batch_size=32, patience=epochs, seed=seed, ema=0.0)
+    result = fit_model(x[:72], y[:72], x[72:], y[72:], model or ModelParams(), train, verbose=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     result.model.save(path)
     return path
