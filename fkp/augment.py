@@ -17,10 +17,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from fkp.keypoints import IMAGE_SIZE, N_KEYPOINTS, flip_permutation
+from fkp.keypoints import IMAGE_SIZE, N_KEYPOINTS, PIXEL_CENTER, flip_permutation
 from fkp.params import AugmentParams
 
-PIXEL_CENTER = 0.5
 #: x of a point after mirroring the image: ``MIRROR_X - x`` (= 96 with centres at i + 0.5).
 MIRROR_X = IMAGE_SIZE - 1 + 2 * PIXEL_CENTER
 # centre of rotation/scaling, in pixel-index coordinates (where pixel i sits at i)

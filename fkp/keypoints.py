@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The centre of pixel column ``i`` has x coordinate ``i + PIXEL_CENTER`` (likewise rows and y).
+PIXEL_CENTER = 0.5
+
 IMAGE_SIZE = 96
 N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 

@@ -14,8 +14,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from fkp.augment import PIXEL_CENTER
-from fkp.keypoints import IMAGE_SIZE
+from fkp.keypoints import IMAGE_SIZE, PIXEL_CENTER
 from fkp.metrics import rmse
 
 Faces = tuple[np.ndarray, np.ndarray]
