@@ -93,3 +93,18 @@ def test_source_switch_and_failed_validation_keeps_outputs(project_copy):
     assert "training.csv" in out and "row 5" in out and "Image" in out
     assert "Running stage 'prepare'" not in out
     assert (project_copy / "data/prepared/train.npz").read_bytes() == cached
+
+
+@pytest.mark.slow
+def test_pseudo_labels_run_as_a_dvc_experiment_and_log_the_teacher(project_copy):
+    """`dvc exp run -S impute.strategy=pseudo`: the train stage trains a teacher first and logs it."""
+    out = dvc("exp", "run", "-S", "impute.strategy=pseudo", "-S", "impute.teacher_epochs=2", cwd=project_copy)
+    assert "pseudo labels: teacher val_rmse" in out and "Running stage 'train'" in out
+    mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["fkp"], output_format="list")
+    pseudo = [r for r in runs if r.data.params.get("impute.strategy") == "pseudo"]
+    assert len(pseudo) == 1, [r.data.params.get("impute.strategy") for r in runs]
+    metrics = pseudo[0].data.metrics
+    assert metrics["impute.teacher_val_rmse"] > 0 and metrics["impute.teacher_seconds"] > 0
+    assert metrics["impute.pseudo_filled"] + metrics["impute.pseudo_rejected"] > 0
+    assert metrics["train_seconds"] >= metrics["impute.teacher_seconds"]  # the teacher is training time
