@@ -58,6 +58,7 @@ def _flush() -> None:
 @contextlib.contextmanager
 def api_url() -> Iterator[str]:
     """The Prefect API to report to: the configured one, else a temporary server tied to this process."""
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     configured = PREFECT_API_URL.value()
@@ -88,16 +89,21 @@ def api_url() -> Iterator[str]:
             time.sleep(0.5)
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # for the processes the run starts (task workers)
+        # ... and for this process's threads that start with an empty context (the process pool's
+        # log/event forwarder, the log and event workers): they read Prefect's process-wide settings,
+        # built at import, and without this each would start a hidden temporary server of its own.
+        refresh_global_settings_context()
         try:
             with temporary_settings({PREFECT_API_URL: url}):
                 yield url
         finally:
+            _flush()  # while the settings still point at the server the logs and events are for
             if previous is None:
                 os.environ.pop("PREFECT_API_URL", None)
             else:
                 os.environ["PREFECT_API_URL"] = previous
+            refresh_global_settings_context()
     finally:
-        _flush()
         server.terminate()
         try:
             server.wait(timeout=20)

@@ -263,6 +263,28 @@ def test_a_killed_retrain_leaves_no_temporary_prefect_server_behind(tmp_path) ->
     wait_until(lambda: not healthy(url), 60, "the orphaned temporary server to stop")
 
 
+@pytest.mark.slow
+def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp_path) -> None:
+    # The process pool forwards its workers' logs and events from a thread of its own; that thread
+    # must report to the server the command started, not start a hidden temporary server of its own.
+    project = make_project_copy(tmp_path / "project")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    done = subprocess.run(
+        [sys.executable, "flows/sweep.py", "--grid", '{"train.lr": [0.004]}', "--max-parallel", "1"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert output.count("starting a temporary one on") == 1, output[-3000:]
+    assert "Starting temporary server" not in output, output[-3000:]
+    assert "Task run '0.004' - Reproducing experiment" in output, output[-3000:]
+
+
 # --------------------------------------------------------------------------- retrain on one project
 
 
