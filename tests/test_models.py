@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -48,6 +51,25 @@ def test_same_seed_same_weights():
     c = build_model(SMALL["lean_dense"], seed=4).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_same_seed_same_weights_while_another_thread_draws_random_numbers():
+    # Prefect's and MLflow's client threads use Python's global random; they must not reach the weights.
+    reference = build_model(SMALL["lean_dense"], seed=3).get_weights()
+    stop = threading.Event()
+
+    def draw() -> None:
+        while not stop.is_set():
+            random.random()
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        built = build_model(SMALL["lean_dense"], seed=3).get_weights()
+    finally:
+        stop.set()
+        thread.join()
+    assert all(np.array_equal(x, y) for x, y in zip(reference, built, strict=True))
 
 
 def test_unknown_arch_and_head_are_rejected():
