@@ -1,23 +1,21 @@
 """What an upload may be: a JPEG or PNG within a byte and a pixel budget.
 
-The pixel count comes from the image header (Pillow reads only the header on open), so a
-"decompression bomb" -- a few kilobytes that decode to gigabytes -- is refused before a
-single pixel is decoded. Every refusal is a :class:`RequestError`: an HTTP status, a short
-machine code and a one-line message saying what is wrong and what to do.
+The pixel count comes from the image header (:mod:`fkp.safety.image_header`, the reader
+``fkp predict`` uses too), so a "decompression bomb" -- a few kilobytes that decode to
+gigabytes -- is refused before a single pixel is decoded. Every refusal is a
+:class:`RequestError`: an HTTP status, a short machine code and a one-line message saying
+what is wrong and what to do.
 """
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from fkp.photos import to_gray
+from fkp.safety.image_header import ImageHeader, NotAnImage, read_image_header
 
 #: Formats accepted, as Pillow names them.
 ACCEPTED_FORMATS = ("JPEG", "PNG")
@@ -42,42 +40,21 @@ class Limits:
     max_faces: int = 10
 
 
-@dataclass(frozen=True)
-class ImageHeader:
-    format: str
-    width: int
-    height: int
-
-    @property
-    def pixels(self) -> int:
-        return self.width * self.height
-
-
 def read_header(data: bytes, limits: Limits) -> ImageHeader:
     """Format and size of an uploaded image from its header alone; refuses what breaks ``limits``."""
     if not data:
         raise RequestError(400, "empty_body", "the request has no image: send a JPEG or PNG photo")
-    claimed: str | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
-            with Image.open(io.BytesIO(data)) as image:
-                header = ImageHeader(str(image.format), *image.size)
-    except Image.DecompressionBombError as error:  # over Pillow's own, far higher limit
-        found = re.search(r"\((\d+) pixels\)", str(error))
-        claimed = f"{int(found[1]):,} pixels" if found else "far too many pixels"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        header = read_image_header(data)
+    except NotAnImage:
         raise RequestError(
             415, "unsupported_image", "the body is not a JPEG or PNG image: send a .jpg or .png photo"
         ) from None
-    else:
-        if header.pixels > limits.max_pixels:
-            claimed = f"{header.width}x{header.height} pixels"
-    if claimed is not None:
+    if header.pixels > limits.max_pixels:
         raise RequestError(
             413,
             "too_many_pixels",
-            f"the image has {claimed}; the limit is {limits.max_pixels / 1e6:g} megapixels: "
+            f"the image has {header.describe()}; the limit is {limits.max_pixels / 1e6:g} megapixels: "
             "send a smaller one",
         )
     if header.format not in ACCEPTED_FORMATS:
