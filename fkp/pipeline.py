@@ -183,6 +183,16 @@ def import_targets(root: str | Path = ".") -> list[str]:
         )
 
 
+def data_files(root: str | Path = ".") -> list[str]:
+    """The ``.dvc`` files of the repository: data added with ``dvc add`` or brought in with ``dvc import``."""
+    with _repo(root) as repo:
+        return sorted(
+            os.path.relpath(stage.path, repo.root_dir)
+            for stage in repo.index.stages
+            if not getattr(stage, "cmd", None)
+        )
+
+
 def metric_stages(root: str | Path = ".") -> list[str]:
     """The stages that write a metrics file: where a variant of the pipeline gets its score."""
     with _repo(root) as repo:

@@ -110,7 +110,14 @@ def pull_data() -> None:
     imports = pipeline.import_targets()
     if imports:
         pipeline.run([dvc, "update", *imports], on_line=logger.info)
-    pipeline.run([dvc, "pull", "--allow-missing"], on_line=logger.info)
+    # Data is pulled as it is: a local edit of a data file stops the run rather than being lost. Stage
+    # outputs are derived: those a failed run left behind (a failed validate's reports) are put back to
+    # the versions dvc.lock records; left alone, they made every later pull, and so every later run, fail.
+    data = pipeline.data_files()
+    if data:
+        pipeline.run([dvc, "pull", "--allow-missing", *data], on_line=logger.info)
+    stages = [stage.name for stage in pipeline.stages()]
+    pipeline.run([dvc, "pull", "--allow-missing", "--force", *stages], on_line=logger.info)
 
 
 @task(name="push", task_run_name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
