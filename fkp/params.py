@@ -61,11 +61,11 @@ class AugmentParams:
     brightness: float = 0.2
     contrast: float = 0.2
     # Camera degradations, each the probability that an image gets it (ranges: fkp/augment.py).
-    blur: float = 0.25
-    noise: float = 0.25
-    jpeg: float = 0.25
-    gamma: float = 0.3
-    occlusion: float = 0.2
+    blur: float = 0.12
+    noise: float = 0.12
+    jpeg: float = 0.12
+    gamma: float = 0.15
+    occlusion: float = 0.1
 
 
 @dataclass(frozen=True)
