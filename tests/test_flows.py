@@ -7,6 +7,7 @@ copy consumes its data from a DVC data registry and retrains on a schedule serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -283,6 +284,62 @@ def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp
     assert output.count("starting a temporary one on") == 1, output[-3000:]
     assert "Starting temporary server" not in output, output[-3000:]
     assert "Task run '0.004' - Reproducing experiment" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_terminated_sweep_stops_its_trainings_and_keeps_the_lease_until_they_stopped(
+    tmp_path, prefect_api
+) -> None:
+    # SIGTERM is how Prefect cancels a flow run and how service managers stop a command. The process
+    # pool used to wait for its running variants, so a terminated sweep trained on for hours.
+    import psutil
+
+    project = make_project_copy(tmp_path / "project")
+    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
+    sweep = subprocess.Popen(
+        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        while not any("epoch   3/5000" in line for line in lines[-3:]):
+            line = sweep.stdout.readline()
+            assert line, "\n".join(lines[-40:])
+            lines.append(line.rstrip("\n"))
+        held = holder(project / "reports/.pipeline.lock")
+        assert held is not None and held.owner.startswith("sweep flow run")
+        sweep.send_signal(signal.SIGTERM)
+        out, _ = sweep.communicate(timeout=180)
+    finally:
+        if sweep.poll() is None:  # failed: kill the sweep and everything it started
+            for proc in [*psutil.Process(sweep.pid).children(recursive=True), psutil.Process(sweep.pid)]:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+    output = "\n".join(lines) + "\n" + out
+    assert sweep.returncode != 0, output[-3000:]
+    assert "fkp train: interrupted" in output, output[-3000:]  # the training stopped as on Ctrl-C
+    assert "Retry 1/1" not in output, output[-3000:]  # and was not started again
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.cwd().startswith(str(project)):
+                left.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    assert left == [], left
+    assert holder(project / "reports/.pipeline.lock") is None
+    assert list((project / ".dvc/tmp/exps/standalone").glob("tmp*")) == []  # DVC removed its workspace
+    (run,) = experiment_runs(project)
+    assert run.info.status == "FAILED"
+    flow_run_id = run.data.tags["fkp.sweep"]
+    assert task_states(flow_run_id) == {"5000-5000": "Failed"}
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.name == "Crashed"
 
 
 # --------------------------------------------------------------------------- retrain on one project
