@@ -266,7 +266,7 @@ def run_variant(variant: Variant, root: str, targets: list[str], env: dict[str, 
 )
 def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[str, Any]:
     """Register one variant's model (the registry moves the champion only if it is better)."""
-    from fkp.promote import run_register
+    from fkp.tracking.promote import run_register
 
     out = SWEEP_DIR / result["exp"]
     out.mkdir(parents=True, exist_ok=True)
