@@ -182,7 +182,6 @@ def _stream(
     root: str | Path,
     env: dict[str, str] | None,
     on_line: Callable[[str], None],
-    grace: float | None = None,
 ) -> tuple[int, list[str]]:
     """Run ``argv`` in a process group of its own, streaming its output; stop it as Ctrl-C would.
 
@@ -190,11 +189,11 @@ def _stream(
     command runs (``KeyboardInterrupt``, or Prefect's ``TerminationSignal`` when a flow run is
     terminated or cancelled), the whole group gets one SIGINT, as from Ctrl-C in a terminal: DVC lets
     its stage command stop (a training ends its MLflow run) and removes its temporary workspace. The
-    rest of the output is still streamed; the group is killed if it is not gone after ``grace``
-    seconds (default :data:`INTERRUPT_GRACE_S`) or at a second interruption, and the interruption is
-    re-raised only then, so a caller holding the pipeline lease releases it when nothing of the
-    command is left running, and a task ends interrupted instead of being retried.
+    rest of the output is still streamed; the group is killed if it is not gone after
+    :data:`INTERRUPT_GRACE_S` seconds or at a second interruption, and the interruption is re-raised
+    only then, so a caller holding the pipeline lease releases it when nothing of the command is left.
     """
+    global _streaming
     lines: list[str] = []
 
     def take(raw: str) -> None:
@@ -214,14 +213,13 @@ def _stream(
         start_new_session=True,
     ) as process:
         assert process.stdout is not None
-        global _streaming
         _streaming = threading.current_thread() is threading.main_thread()
         try:
             for raw in process.stdout:
                 take(raw)
         except BaseException:
             _streaming = False
-            _stop_group(process, take, INTERRUPT_GRACE_S if grace is None else grace)
+            _stop_group(process, take, INTERRUPT_GRACE_S)
             raise
         finally:
             _streaming = False

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import make_project_copy, wait_until
+from conftest import make_project_copy, stop_group, wait_until
 from mlflow import MlflowClient
 
 from fkp import pipeline, versioning
@@ -236,8 +236,7 @@ def test_a_process_worker_picks_up_a_deployment_run(prefect_api, tmp_path) -> No
         assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
         assert final.work_pool_name == pool
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_group(worker, timeout=30)
 
 
 @pytest.mark.slow
@@ -705,9 +704,66 @@ def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, t
         v3 = write_data_version(registry, seed=4)  # good data again: the schedule recovers by itself
         wait_until(lambda: tagged(v3), 600, "a scheduled run that pulls data v3 and retrains", 5)
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
+        stop_group(serve, timeout=60)
+
+
+@pytest.mark.slow
+def test_cancelling_a_served_retrain_stops_its_training(prefect_api, tmp_path, monkeypatch) -> None:
+    """Cancel in the UI (the API call it makes): the run's training stops, the run ends Cancelled."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project_copy(tmp_path / "project", {"train": {"epochs": 5000, "patience": 5000}})
+    name = "fkp-retrain-cancel"
+    serve = subprocess.Popen(
+        [sys.executable, "flows/retrain.py", "serve", "--cron", "0 3 1 1 *", "--name", name],
+        cwd=project,
+        stdout=(tmp_path / "serve.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def training() -> list:
+        return [r for r in experiment_runs(project) if r.info.status == "RUNNING"]
+
+    def left_running() -> list[str]:
+        left = []
+        for proc in psutil.process_iter():
+            try:
+                command = " ".join(proc.cmdline())
+                if proc.pid == serve.pid or "resource_tracker" in command:  # the server and its helper
+                    continue
+                if proc.cwd().startswith(str(project)):
+                    left.append(command)
+            except psutil.Error:
+                continue
+        return left
+
+    try:
+        with get_client(sync_client=True) as client:
+            wait_until(
+                lambda: any(d.name == name for d in client.read_deployments()), 120, "the served deployment"
+            )
+            run = run_deployment(f"retrain/{name}", timeout=0)
+            wait_until(training, 300, "the run's training to start", 2)
+            time.sleep(3)  # a few epochs
+            assert left_running(), "nothing of the run is running"
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            final = wait_until(
+                lambda: (r := client.read_flow_run(run.id)).state.is_final() and r, 120, "the run to end", 2
+            )
+        assert final.state.name == "Cancelled", final.state
+        deadline = time.monotonic() + 30
+        while (left := left_running()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert left == [], left
+        (trained,) = experiment_runs(project)
+        assert trained.info.status == "FAILED"  # ended by the training itself, not left RUNNING
+        assert holder(project / "reports/.pipeline.lock") is None
+        assert task_states(run.id)["train"] in ("Crashed", "Cancelled", "Failed")
+    finally:
+        stop_group(serve, timeout=60)
