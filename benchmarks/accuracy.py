@@ -111,7 +111,7 @@ def evaluate_config(
         run_id = None
         if log_mlflow:
             from fkp import tracking
-            from fkp.mlflow_callback import MlflowEpochLogger
+            from fkp.tracking.keras_callback import MlflowEpochLogger
 
             tracking.configure(experiment=BENCHMARK_EXPERIMENT)
             tags = {"fkp.benchmark": "accuracy", "fkp.split_id": split.split_id}

@@ -39,7 +39,7 @@ def _params(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from fkp.sample import FULL_SIZE, generate_sample, write_sample
+    from fkp.synthetic.sample import FULL_SIZE, generate_sample, write_sample
 
     p = _params(args).sample
     n_train, n_test = FULL_SIZE if args.full else (args.n_train or p.n_train, args.n_test or p.n_test)
@@ -116,7 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from fkp.promote import run_register
+    from fkp.tracking.promote import run_register
 
     run_register(_params(args))
     return 0

@@ -12,10 +12,13 @@ how often a flow retries the stage, for stages that talk to the MLflow store).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,9 @@ from typing import Any
 
 #: the lines of a failed stage kept in the error message (the end of its output says what went wrong)
 FAILURE_TAIL = 40
+#: how long an interrupted command may take to clean up before it is killed: less than the 30 s
+#: Prefect's runner gives a cancelled flow run between SIGTERM and SIGKILL
+INTERRUPT_GRACE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,34 @@ class StageFailed(RuntimeError):
         self.stage, self.returncode, self.tail = stage, returncode, list(tail)
         body = "\n".join(self.tail)
         super().__init__(f"stage '{stage}' failed (exit code {returncode}):\n{body}")
+
+
+class Interrupted(RuntimeError):
+    """A command was stopped because its process was told to stop (see :func:`stop_commands_on`)."""
+
+
+#: whether :func:`_stream` is reading a command's output in the main thread (what the handler stops)
+_streaming = False
+
+
+def stop_commands_on(signum: int = signal.SIGINT) -> None:
+    """Make ``signum`` stop the command :func:`run` runs in this process, and nothing else.
+
+    For a pool's worker processes (the sweep's variants): while a command runs, the signal raises
+    :class:`Interrupted` there, which stops the command as Ctrl-C would (:func:`_stream`) and fails the
+    task with an exception worth no retry. Between commands, and once a command is being stopped, the
+    signal is ignored: an idle worker must not exit (the pool would then kill the busy ones before
+    their commands clean up), and a second Ctrl-C must not cut the first one's cleanup short. This
+    also undoes an inherited "ignore SIGINT" (processes started with ``&`` in a script).
+    """
+    signal.signal(signum, _interrupt_command)
+
+
+def _interrupt_command(signum: int, frame: object) -> None:
+    global _streaming
+    if _streaming:
+        _streaming = False
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
 
 
 def dvc_executable() -> str:
@@ -109,25 +143,7 @@ def run_stage(
     argv = [dvc_executable(), "--wait-for-lock", "repro", "--single-item", name]
     if force:
         argv.append("--force")
-    run_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    lines: list[str] = []
-    with subprocess.Popen(
-        argv,
-        cwd=root,
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        errors="replace",
-        bufsize=1,
-    ) as process:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            line = raw.rstrip("\n")
-            lines.append(line)
-            on_line(line)
-        returncode = process.wait()
+    returncode, lines = _stream(argv, root=root, env=env, on_line=on_line)
     if returncode != 0:
         raise StageFailed(name, returncode, _failure_tail(lines))
     return lines
@@ -153,7 +169,37 @@ def run(
     env: dict[str, str] | None = None,
 ) -> list[str]:
     """Run a ``dvc``/``git`` command for the flows (pull, update, push, exp run), streaming its output."""
+    returncode, lines = _stream(argv, root=root, env=env, on_line=on_line)
+    if returncode != 0:
+        tail = "\n".join(lines[-FAILURE_TAIL:])
+        raise RuntimeError(f"`{' '.join(argv)}` failed (exit code {returncode}):\n{tail}")
+    return lines
+
+
+def _stream(
+    argv: Sequence[str],
+    *,
+    root: str | Path,
+    env: dict[str, str] | None,
+    on_line: Callable[[str], None],
+) -> tuple[int, list[str]]:
+    """Run ``argv`` in a process group of its own, streaming its output; stop it as Ctrl-C would.
+
+    The command's group is signalled by this function only. When the caller is interrupted while the
+    command runs (``KeyboardInterrupt``, or Prefect's ``TerminationSignal`` when a flow run is
+    terminated or cancelled), the whole group gets one SIGINT, as from Ctrl-C in a terminal: DVC lets
+    its stage command stop (a training ends its MLflow run) and removes its temporary workspace. The
+    rest of the output is still streamed; the group is killed if it is not gone after
+    :data:`INTERRUPT_GRACE_S` seconds or at a second interruption, and the interruption is re-raised
+    only then, so a caller holding the pipeline lease releases it when nothing of the command is left.
+    """
+    global _streaming
     lines: list[str] = []
+
+    def take(raw: str) -> None:
+        lines.append(raw.rstrip("\n"))
+        on_line(lines[-1])
+
     with subprocess.Popen(
         list(argv),
         cwd=root,
@@ -163,16 +209,43 @@ def run(
         stdin=subprocess.DEVNULL,
         text=True,
         errors="replace",
+        bufsize=1,
+        start_new_session=True,
     ) as process:
         assert process.stdout is not None
-        for raw in process.stdout:
-            lines.append(raw.rstrip("\n"))
-            on_line(lines[-1])
+        _streaming = threading.current_thread() is threading.main_thread()
+        try:
+            for raw in process.stdout:
+                take(raw)
+        except BaseException:
+            _streaming = False
+            _stop_group(process, take, INTERRUPT_GRACE_S)
+            raise
+        finally:
+            _streaming = False
         returncode = process.wait()
-    if returncode != 0:
-        tail = "\n".join(lines[-FAILURE_TAIL:])
-        raise RuntimeError(f"`{' '.join(argv)}` failed (exit code {returncode}):\n{tail}")
-    return lines
+    return returncode, lines
+
+
+def _stop_group(process: subprocess.Popen[str], take: Callable[[str], None], grace: float) -> None:
+    """SIGINT to the command's process group; its output until it exits; SIGKILL after ``grace`` s."""
+    _signal_group(process.pid, signal.SIGINT)
+    killer = threading.Timer(grace, _signal_group, (process.pid, signal.SIGKILL))
+    killer.daemon = True
+    killer.start()
+    try:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            take(raw)
+        process.wait()
+    finally:
+        killer.cancel()
+        _signal_group(process.pid, signal.SIGKILL)  # what outlived the command, or all at a 2nd interrupt
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 def import_targets(root: str | Path = ".") -> list[str]:

@@ -25,7 +25,8 @@ PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT = 120.0
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """For ``preexec_fn`` (runs in the child between fork and exec): SIGTERM it when its parent dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -79,7 +80,7 @@ def api_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT

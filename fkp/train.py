@@ -53,9 +53,9 @@ def run_train(
     """Fit ``params.model`` with ``params.train`` and log everything to a new MLflow run."""
     from fkp import tracking
     from fkp.fit import fit_model
-    from fkp.mlflow_callback import MlflowEpochLogger
     from fkp.pseudo_labels import teach
     from fkp.serving import log_keypoint_model
+    from fkp.tracking.keras_callback import MlflowEpochLogger
 
     prepared_dir = Path(prepared_dir)
     data = load_train(prepared_dir / TRAIN_NPZ)

@@ -44,10 +44,13 @@ import argparse
 import contextlib
 import itertools
 import json
+import multiprocessing
 import os
 import re
+import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,7 @@ from typing import Any
 import yaml
 from prefect import State, flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
@@ -184,7 +188,7 @@ def build_task_runner(
     if kind == "process":
         if address:
             raise ValueError("--address only applies to --task-runner dask or ray")
-        return ProcessPoolTaskRunner(max_workers=max_workers)
+        return ProcessPoolTaskRunner(max_workers=max_workers, initializer=pipeline.stop_commands_on)
     if kind == "dask":
         try:
             from prefect_dask import DaskTaskRunner
@@ -212,7 +216,6 @@ def _workers_report_here() -> contextlib.AbstractContextManager[None]:
     worker process would start a temporary server of its own, whose task runs nobody sees. Worker
     processes inherit the environment of the first submission, so setting the URL here is enough.
     """
-    from prefect.context import get_run_context
     from prefect.settings import PREFECT_API_URL
 
     if PREFECT_API_URL.value():
@@ -226,8 +229,18 @@ def _read_exp_json(root: str, path: str, exp: str) -> dict[str, Any]:
     return json.loads(dvc.api.read(path, repo=root, rev=exp))
 
 
+def _retry_unless_interrupted(task: Any, task_run: Any, state: State) -> bool:
+    """A variant stopped because the sweep was stopped is not retried."""
+    return not isinstance(state.data, pipeline.Interrupted)
+
+
 @task(
-    name="variant", task_run_name="{variant.name}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10
+    name="variant",
+    task_run_name="{variant.name}",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_retry_unless_interrupted,
 )
 def run_variant(variant: Variant, root: str, targets: list[str], env: dict[str, str]) -> dict[str, Any]:
     """One variant as a DVC experiment (``dvc exp run --temp``); its MLflow run, score and model."""
@@ -253,7 +266,7 @@ def run_variant(variant: Variant, root: str, targets: list[str], env: dict[str, 
 )
 def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[str, Any]:
     """Register one variant's model (the registry moves the champion only if it is better)."""
-    from fkp.promote import run_register
+    from fkp.tracking.promote import run_register
 
     out = SWEEP_DIR / result["exp"]
     out.mkdir(parents=True, exist_ok=True)
@@ -275,15 +288,38 @@ def _run_variants(
     """Submit every variant, at most ``max_parallel`` at a time; return their futures once all ended."""
     futures: dict[str, PrefectFuture] = {}
     in_flight: list[PrefectFuture] = []
-    for variant in variants:
-        if len(in_flight) >= max_parallel:
-            in_flight.remove(next(as_completed(in_flight)))
-        future = run_variant.submit(variant, root, targets, {**env, VARIANT_ENV: variant.name})
-        futures[variant.name] = future
-        in_flight.append(future)
-    for future in futures.values():
-        future.wait()
+    try:
+        for variant in variants:
+            if len(in_flight) >= max_parallel:
+                in_flight.remove(next(as_completed(in_flight)))
+            future = run_variant.submit(variant, root, targets, {**env, VARIANT_ENV: variant.name})
+            futures[variant.name] = future
+            in_flight.append(future)
+        for future in futures.values():
+            future.wait()
+    except BaseException:  # terminated (SIGTERM, cancelled), Ctrl-C, or a bug: stop what runs, then unwind
+        _interrupt_local_workers()
+        deadline = time.monotonic() + pipeline.INTERRUPT_GRACE_S + 10
+        for future in in_flight:
+            future.wait(max(0.0, deadline - time.monotonic()))
+        raise
     return futures
+
+
+def _interrupt_local_workers() -> None:
+    """SIGINT to the local worker processes: each stops its variant's ``dvc exp run`` and ends its task.
+
+    Unwinding, the process pool would wait for its running tasks, so a terminated sweep kept training
+    until every running variant ended, with the lease released under it. Workers take SIGINT as
+    :func:`fkp.pipeline.stop_commands_on` says: a running command is stopped as Ctrl-C would stop it
+    and its task fails without a retry; an idle worker ignores it. Workers of remote runners (Dask,
+    Ray) are not this process's to signal.
+    """
+    if not isinstance(get_run_context().task_runner, ProcessPoolTaskRunner):
+        return
+    for worker in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGINT)
 
 
 def _variant_env(sweep_id: str, experiment: str) -> dict[str, str]:

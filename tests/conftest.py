@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +86,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session=True`` and all it started: SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 1.0):
     """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
     import time
@@ -104,10 +118,11 @@ def prefect_api(tmp_path_factory):
 
     Its API URL is set for this process (Prefect settings) and for every subprocess (environment).
     """
-    import signal
     import urllib.request
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from fkp.prefect_local import die_with_parent
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
@@ -136,6 +151,7 @@ def prefect_api(tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # a killed pytest leaves no server behind
     )
 
     def healthy() -> bool:
@@ -155,12 +171,7 @@ def prefect_api(tmp_path_factory):
             mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             yield {"url": url, "ui": f"http://127.0.0.1:{port}", "home": home, "log": home / "server.log"}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=20)
         log.close()
 
 

@@ -7,6 +7,7 @@ copy consumes its data from a DVC data registry and retrains on a schedule serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import make_project_copy, wait_until
+from conftest import make_project_copy, stop_group, wait_until
 from mlflow import MlflowClient
 
 from fkp import pipeline, versioning
@@ -235,8 +236,7 @@ def test_a_process_worker_picks_up_a_deployment_run(prefect_api, tmp_path) -> No
         assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-3000:]
         assert final.work_pool_name == pool
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_group(worker, timeout=30)
 
 
 @pytest.mark.slow
@@ -283,6 +283,62 @@ def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp
     assert output.count("starting a temporary one on") == 1, output[-3000:]
     assert "Starting temporary server" not in output, output[-3000:]
     assert "Task run '0.004' - Reproducing experiment" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_a_terminated_sweep_stops_its_trainings_and_keeps_the_lease_until_they_stopped(
+    tmp_path, prefect_api
+) -> None:
+    # SIGTERM is how Prefect cancels a flow run and how service managers stop a command. The process
+    # pool used to wait for its running variants, so a terminated sweep trained on for hours.
+    import psutil
+
+    project = make_project_copy(tmp_path / "project")
+    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
+    sweep = subprocess.Popen(
+        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        while not any("epoch   3/5000" in line for line in lines[-3:]):
+            line = sweep.stdout.readline()
+            assert line, "\n".join(lines[-40:])
+            lines.append(line.rstrip("\n"))
+        held = holder(project / "reports/.pipeline.lock")
+        assert held is not None and held.owner.startswith("sweep flow run")
+        sweep.send_signal(signal.SIGTERM)
+        out, _ = sweep.communicate(timeout=180)
+    finally:
+        if sweep.poll() is None:  # failed: kill the sweep and everything it started
+            for proc in [*psutil.Process(sweep.pid).children(recursive=True), psutil.Process(sweep.pid)]:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+    output = "\n".join(lines) + "\n" + out
+    assert sweep.returncode != 0, output[-3000:]
+    assert "fkp train: interrupted" in output, output[-3000:]  # the training stopped as on Ctrl-C
+    assert "Retry 1/1" not in output, output[-3000:]  # and was not started again
+    left = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.cwd().startswith(str(project)):
+                left.append(" ".join(proc.cmdline()))
+        except psutil.Error:
+            continue
+    assert left == [], left
+    assert holder(project / "reports/.pipeline.lock") is None
+    assert list((project / ".dvc/tmp/exps/standalone").glob("tmp*")) == []  # DVC removed its workspace
+    (run,) = experiment_runs(project)
+    assert run.info.status == "FAILED"
+    flow_run_id = run.data.tags["fkp.sweep"]
+    assert task_states(flow_run_id) == {"5000-5000": "Failed"}
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(flow_run_id).state.name == "Crashed"
 
 
 # --------------------------------------------------------------------------- retrain on one project
@@ -648,9 +704,66 @@ def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, t
         v3 = write_data_version(registry, seed=4)  # good data again: the schedule recovers by itself
         wait_until(lambda: tagged(v3), 600, "a scheduled run that pulls data v3 and retrains", 5)
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        try:
-            serve.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            serve.wait()
+        stop_group(serve, timeout=60)
+
+
+@pytest.mark.slow
+def test_cancelling_a_served_retrain_stops_its_training(prefect_api, tmp_path, monkeypatch) -> None:
+    """Cancel in the UI (the API call it makes): the run's training stops, the run ends Cancelled."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project_copy(tmp_path / "project", {"train": {"epochs": 5000, "patience": 5000}})
+    name = "fkp-retrain-cancel"
+    serve = subprocess.Popen(
+        [sys.executable, "flows/retrain.py", "serve", "--cron", "0 3 1 1 *", "--name", name],
+        cwd=project,
+        stdout=(tmp_path / "serve.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def training() -> list:
+        return [r for r in experiment_runs(project) if r.info.status == "RUNNING"]
+
+    def left_running() -> list[str]:
+        left = []
+        for proc in psutil.process_iter():
+            try:
+                command = " ".join(proc.cmdline())
+                if proc.pid == serve.pid or "resource_tracker" in command:  # the server and its helper
+                    continue
+                if proc.cwd().startswith(str(project)):
+                    left.append(command)
+            except psutil.Error:
+                continue
+        return left
+
+    try:
+        with get_client(sync_client=True) as client:
+            wait_until(
+                lambda: any(d.name == name for d in client.read_deployments()), 120, "the served deployment"
+            )
+            run = run_deployment(f"retrain/{name}", timeout=0)
+            wait_until(training, 300, "the run's training to start", 2)
+            time.sleep(3)  # a few epochs
+            assert left_running(), "nothing of the run is running"
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            final = wait_until(
+                lambda: (r := client.read_flow_run(run.id)).state.is_final() and r, 120, "the run to end", 2
+            )
+        assert final.state.name == "Cancelled", final.state
+        deadline = time.monotonic() + 30
+        while (left := left_running()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert left == [], left
+        (trained,) = experiment_runs(project)
+        assert trained.info.status == "FAILED"  # ended by the training itself, not left RUNNING
+        assert holder(project / "reports/.pipeline.lock") is None
+        assert task_states(run.id)["train"] in ("Crashed", "Cancelled", "Failed")
+    finally:
+        stop_group(serve, timeout=60)

@@ -7,7 +7,7 @@ import pytest
 
 from fkp.kaggle_csv import write_training
 from fkp.plots import plot_face_grid, show_csv
-from fkp.sample import generate_sample
+from fkp.synthetic.sample import generate_sample
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

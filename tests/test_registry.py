@@ -11,7 +11,8 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from fkp import registry, tracking
+from fkp import tracking
+from fkp.tracking import registry
 
 
 class ConstantScore(mlflow.pyfunc.PythonModel):

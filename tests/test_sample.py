@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from fkp.errors import DataError
-from fkp.face_model import sample_person, sample_view
-from fkp.face_render import render_face
 from fkp.groups import read_groups, write_groups
 from fkp.kaggle_csv import read_id_lookup, read_test, read_training
 from fkp.keypoints import (
@@ -22,7 +20,9 @@ from fkp.keypoints import (
     TEST_COLUMNS,
     TRAINING_COLUMNS,
 )
-from fkp.sample import (
+from fkp.synthetic.face_model import sample_person, sample_view
+from fkp.synthetic.face_render import render_face
+from fkp.synthetic.sample import (
     DEFAULT_SIZE,
     FULL_SIZE,
     generate_sample,

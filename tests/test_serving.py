@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import stop_group
 from mlflow import MlflowClient
 
 from fkp import predict, serving
@@ -240,10 +240,5 @@ def test_mlflow_models_serve_answers_invocations(champion, store, keras_model, t
             assert re.search(expected, body["message"]), body["message"]
             assert "\n" not in body["message"] and "/" not in body["message"]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=30)
         log.close()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import make_project_copy
+from conftest import make_project_copy, stop_group
 from mlflow import MlflowClient
 
 from fkp.stack import dask_cluster, postgres
@@ -274,12 +274,7 @@ def test_cli_and_models_serve_work_with_only_the_tracking_uri(stack, tmp_path):
             (row,) = json.loads(response.read())["predictions"]
         assert len(row) == 30 and all(0 <= v <= 96 for v in row.values())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=30)
         log.close()
 
 

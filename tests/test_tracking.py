@@ -256,7 +256,7 @@ def test_epoch_logger_writes_history_to_a_run_that_is_not_active(experiment: str
     keras = pytest.importorskip("keras")
     import numpy as np
 
-    from fkp.mlflow_callback import MlflowEpochLogger
+    from fkp.tracking.keras_callback import MlflowEpochLogger
 
     with tracking.start_run("train", Params(), raw_dir=raw_dir) as target:
         pass
@@ -284,7 +284,7 @@ def test_epoch_logger_writes_history_to_a_run_that_is_not_active(experiment: str
 
 def test_epoch_metrics_put_the_score_first_and_name_training_scores(experiment: str) -> None:
     pytest.importorskip("keras")
-    from fkp.mlflow_callback import MlflowEpochLogger
+    from fkp.tracking.keras_callback import MlflowEpochLogger
 
     logger = MlflowEpochLogger("unused-run-id")
     metrics = logger.epoch_metrics(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHROMIUM_FLAGS, ROOT, make_project_copy, require_chromium
+from conftest import CHROMIUM_FLAGS, ROOT, make_project_copy, require_chromium, stop_group
 
 from fkp import quiet
 
@@ -93,12 +92,7 @@ def mlflow_ui(two_runs: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield base
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=20)
+        stop_group(server, timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_multipart_png_and_raw_jpeg_bodies_agree(server):
 
 def test_a_96x96_crop_goes_to_the_model_as_it_is(server, keras_model):
     from fkp.predict import predict_keypoints
-    from fkp.sample import generate_sample
+    from fkp.synthetic.sample import generate_sample
 
     face = generate_sample(2, 1, 5, workers=1).train_images[0]
     ok, png = cv2.imencode(".png", face)

@@ -67,7 +67,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
 
 def test_moving_the_alias_swaps_the_model_without_a_failed_request(registry):
     from fkp.predict import load_model, predict_keypoints
-    from fkp.sample import generate_sample
+    from fkp.synthetic.sample import generate_sample
 
     face = generate_sample(2, 1, 8, workers=1).train_images[0]
     png = cv2.imencode(".png", face)[1].tobytes()

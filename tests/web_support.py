@@ -1,7 +1,7 @@
 """Shared by the web tests and the HTTP benchmark: a quickly trained model, test photos, a live server.
 
 The server is the real ``fkp serve`` in its own process on a free loopback port; photos are
-synthetic faces from :mod:`fkp.sample` rendered larger into a bigger picture (their true
+synthetic faces from :mod:`fkp.synthetic.sample` rendered larger into a bigger picture (their true
 keypoints known), and plain drawn faces the Haar detector finds.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from conftest import stop_group
 
 from fkp.photos import detect_faces, to_gray
 
@@ -34,7 +34,7 @@ def train_tiny_model(path: Path, *, seed: int = 1, epochs: int = 2, model=None) 
     """The default network (or ``model``) trained a few epochs on a tiny synthetic sample, saved."""
     from fkp.fit import fit_model
     from fkp.params import ModelParams, TrainParams
-    from fkp.sample import generate_sample
+    from fkp.synthetic.sample import generate_sample
 
     data = generate_sample(96, 1, seed, workers=1)
     x, y = data.train_images, data.train_keypoints
@@ -65,7 +65,7 @@ def synthetic_photos(
     Only photos where OpenCV's detector finds exactly one face are kept (about half), so each
     has one face the server must find. The true keypoints are mapped the same way as the pixels.
     """
-    from fkp.sample import generate_sample
+    from fkp.synthetic.sample import generate_sample
 
     width, height = size
     data = generate_sample(8 * n, 1, seed, workers=1)
@@ -183,10 +183,4 @@ def running_server(
             time.sleep(0.3)
         yield server
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, timeout=30)

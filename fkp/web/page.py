@@ -1,7 +1,7 @@
 """The single offline page (``GET /``) with its example faces baked in.
 
 The page is one HTML file with inline CSS and script and no external assets, so it works
-without internet. The examples are synthetic faces from :mod:`fkp.sample` (license-free,
+without internet. The examples are synthetic faces from :mod:`fkp.synthetic.sample` (license-free,
 deterministic), embedded as PNG data URIs; each is a 96x96 model input, which the API takes
 as a face crop.
 """
@@ -23,7 +23,7 @@ _PLACEHOLDER = "/*FKP_EXAMPLES*/[]"
 
 def example_faces(n: int = N_EXAMPLES, seed: int = EXAMPLE_SEED) -> list[str]:
     """``n`` synthetic 96x96 faces as ``data:image/png;base64,...`` URIs."""
-    from fkp.sample import generate_sample
+    from fkp.synthetic.sample import generate_sample
 
     images = generate_sample(n, 1, seed, workers=1).train_images[:n]
     uris = []

@@ -1,4 +1,4 @@
-"""Paint a :class:`~fkp.face_model.FaceShapes` into a 96x96 grayscale image.
+"""Paint a :class:`~fkp.synthetic.face_model.FaceShapes` into a 96x96 grayscale image.
 
 Drawing happens at ``SUPERSAMPLE`` times the output size with sub-pixel (fixed-point)
 OpenCV primitives and is then area-averaged down, so features land where the geometry
@@ -13,8 +13,8 @@ import functools
 import cv2
 import numpy as np
 
-from fkp.face_model import FaceShapes, Person, View, face_shapes
 from fkp.keypoints import IMAGE_SIZE
+from fkp.synthetic.face_model import FaceShapes, Person, View, face_shapes
 
 SUPERSAMPLE = 2
 _SIZE = IMAGE_SIZE * SUPERSAMPLE

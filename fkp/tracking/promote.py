@@ -28,7 +28,7 @@ def run_register(
     """Register the run's model as a version of ``params.mlflow.registered_model``; write the decision."""
     from fkp import tracking
     from fkp.evaluate import score_model_uri
-    from fkp.registry import promote_if_better
+    from fkp.tracking.registry import promote_if_better
     from fkp.train import read_run_file
 
     run = read_run_file(run_file)
@@ -45,5 +45,5 @@ def run_register(
         )
     record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
     atomic.write_text(out, json.dumps(record, indent=2) + "\n")
-    # the decision is printed once, by fkp.registry's log line (the CLI shows fkp's INFO messages)
+    # the decision is printed once, by fkp.tracking.registry's log line (the CLI shows fkp's INFO messages)
     return record

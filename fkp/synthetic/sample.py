@@ -1,6 +1,6 @@
 """License-free synthetic data in the exact Kaggle layout, deterministic for a seed.
 
-Faces come from :mod:`fkp.face_model` / :mod:`fkp.face_render`: several frames per
+Faces come from :mod:`fkp.synthetic.face_model` / :mod:`fkp.synthetic.face_render`: several frames per
 synthetic person (``train_groups`` = person id) so person-disjoint splits mean something.
 Missing labels and the IdLookupTable copy Kaggle's patterns, including complete rows
 first, which is what makes forward-fill imputation misbehave as it does on Kaggle.
@@ -19,8 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fkp.face_model import MID_EYE, FaceShapes, Person, View, face_shapes, sample_person, sample_view
-from fkp.face_render import render_shapes
 from fkp.groups import GROUPS_CSV, write_groups
 from fkp.kaggle_csv import (
     ID_LOOKUP_CSV,
@@ -34,6 +32,16 @@ from fkp.kaggle_csv import (
 )
 from fkp.keypoints import COORD_COLUMNS, CORE_KEYPOINTS, IMAGE_SIZE, KEYPOINT_NAMES
 from fkp.params import SampleParams
+from fkp.synthetic.face_model import (
+    MID_EYE,
+    FaceShapes,
+    Person,
+    View,
+    face_shapes,
+    sample_person,
+    sample_view,
+)
+from fkp.synthetic.face_render import render_shapes
 
 #: Kaggle's training.csv / test.csv row counts.
 FULL_SIZE = (7049, 1783)

@@ -1,5 +1,10 @@
 """MLflow tracking for fkp: where runs live, and what every run records about its provenance.
 
+The package is fkp's MLflow family: this module (the store, provenance tags, a run handed from
+stage to stage), :mod:`~fkp.tracking.keras_callback` (per-epoch values while a model trains),
+:mod:`~fkp.tracking.registry` (versions, and the ``champion`` alias moved only on a real
+improvement) and :mod:`~fkp.tracking.promote` (the ``register`` stage over the registry).
+
 The pipeline trains in one process and evaluates/registers in others, so a run is handed on by
 id (:func:`write_run_id` / :func:`read_run_id`) and resumed with :func:`start_run`.
 

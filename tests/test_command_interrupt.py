@@ -1,0 +1,160 @@
+"""Stopping the commands the flows run (`fkp.pipeline.run`): like Ctrl-C, to the whole command, once.
+
+A runner process calls `pipeline.run` on a command that starts a child of its own; the test signals
+the runner, as a terminated sweep signals its worker processes, and looks at what is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+from conftest import wait_until
+
+#: a command that starts a child, says so, and on SIGINT cleans up for a second (or ignores it)
+COMMAND = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    ignore = sys.argv[1] == "ignore"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+    child = subprocess.Popen(sleeper, stderr=subprocess.DEVNULL)
+    def stop(signum, frame):
+        print("command: SIGINT, cleaning up", flush=True)
+        time.sleep(1.0)
+        print("command: clean", flush=True)
+        sys.exit(130)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if ignore else stop)
+    print(f"command: running, child {child.pid}", flush=True)
+    time.sleep(300)
+    """
+)
+
+#: a worker-like process: takes SIGINT as `stop_commands_on` says, then runs the command
+RUNNER = textwrap.dedent(
+    """
+    import sys
+    from fkp import pipeline
+    pipeline.INTERRUPT_GRACE_S = float(sys.argv[2])
+    pipeline.stop_commands_on()
+    try:
+        pipeline.run([sys.executable, "-c", sys.argv[3], sys.argv[1]], on_line=print)
+    except pipeline.Interrupted as error:
+        print(f"runner: {error}", flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def start_runner(mode: str, grace: float) -> tuple[subprocess.Popen, list[str], int, int]:
+    """The runner and its output so far, once its command is running: (runner, lines, command, child)."""
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, mode, str(grace), COMMAND],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: list[str] = []
+    while not lines or "command: running" not in lines[-1]:
+        line = runner.stdout.readline()
+        assert line, f"the runner ended early: {lines}"
+        lines.append(line.rstrip("\n"))
+    child = int(lines[-1].rsplit(" ", 1)[1])
+    return runner, lines, os.getpgid(child), child
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Whatever a failing test leaves running (runners, command groups) is killed afterwards."""
+    before = set(psutil.Process().children(recursive=True))
+    yield
+    for proc in set(psutil.Process().children(recursive=True)) - before:
+        with contextlib.suppress(psutil.Error):
+            for leftover in proc.children(recursive=True) + [proc]:
+                leftover.kill()
+
+
+def group_is_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def finish(runner: subprocess.Popen, lines: list[str], timeout: float) -> list[str]:
+    out, _ = runner.communicate(timeout=timeout)
+    return lines + out.splitlines()
+
+
+def test_a_signal_between_commands_is_ignored() -> None:
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from fkp import pipeline; pipeline.stop_commands_on(); "
+            "print('ready', flush=True); time.sleep(3); print('still here', flush=True)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert runner.stdout.readline().strip() == "ready"
+    runner.send_signal(signal.SIGINT)  # an idle pool worker must survive it
+    out, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 0 and "still here" in out
+
+
+def test_an_interrupted_command_and_its_children_stop_once_after_cleaning_up() -> None:
+    runner, lines, pgid, child = start_runner("clean", grace=30)
+    assert pgid != os.getpgid(runner.pid)  # the command has a group of its own: only the runner signals it
+    runner.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    runner.send_signal(signal.SIGINT)  # a second Ctrl-C must not cut the cleanup short
+    lines = finish(runner, lines, timeout=30)
+    assert runner.returncode == 3, lines
+    # the command's last lines were still streamed, in order, before the interruption was re-raised
+    assert lines[-3:] == ["command: SIGINT, cleaning up", "command: clean", "runner: stopped by SIGINT"]
+    wait_until(lambda: group_is_gone(pgid), 10, "the command's child to stop")
+
+
+def test_a_command_that_ignores_the_interrupt_is_killed_after_the_grace_period() -> None:
+    runner, lines, pgid, child = start_runner("ignore", grace=1.0)
+    started = time.monotonic()
+    runner.send_signal(signal.SIGINT)
+    lines = finish(runner, lines, timeout=30)
+    assert runner.returncode == 3, lines
+    assert 1.0 <= time.monotonic() - started < 20
+    wait_until(lambda: group_is_gone(pgid), 10, "the command's group to be killed")
+
+
+def test_an_exception_in_the_caller_stops_the_command() -> None:
+    # How a flow's own thread is stopped: Prefect turns SIGTERM into an exception raised there.
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, sys\n"
+            "from fkp import pipeline\n"
+            "def terminated(signum, frame): raise SystemExit('terminated')\n"
+            "signal.signal(signal.SIGTERM, terminated)\n"
+            f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    line = runner.stdout.readline()
+    assert "command: running" in line, line
+    pgid = os.getpgid(int(line.rsplit(" ", 1)[1]))
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=30)
+    assert "command: clean" in out and "terminated" in out, out
+    wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
