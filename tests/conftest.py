@@ -120,6 +120,7 @@ def prefect_api(tmp_path_factory):
     """
     import urllib.request
 
+    from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from fkp.prefect_local import die_with_parent
@@ -169,7 +170,11 @@ def prefect_api(tmp_path_factory):
             mp.setenv("PREFECT_API_URL", url)
             mp.setenv("PREFECT_HOME", str(home))
             mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+            # threads that start with an empty context (the process pool's log forwarder) read the
+            # process-wide settings: without this they start a hidden temporary server of their own
+            refresh_global_settings_context()
             yield {"url": url, "ui": f"http://127.0.0.1:{port}", "home": home, "log": home / "server.log"}
+        refresh_global_settings_context()
     finally:
         stop_group(server, timeout=20)
         log.close()
