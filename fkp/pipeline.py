@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,28 +55,49 @@ class Interrupted(RuntimeError):
     """A command was stopped because its process was told to stop (see :func:`stop_commands_on`)."""
 
 
-#: whether :func:`_stream` is reading a command's output in the main thread (what the handler stops)
-_streaming = False
+#: the command :func:`_stream` runs in the main thread, while it runs (what the handler stops)
+_running: subprocess.Popen[str] | None = None
+#: the signal that stopped it and when (monotonic seconds), once the handler did
+_stopped: tuple[str, float] | None = None
+#: whether :func:`stop_commands_on` installed the handler in this process
+_handling = False
 
 
 def stop_commands_on(signum: int = signal.SIGINT) -> None:
     """Make ``signum`` stop the command :func:`run` runs in this process, and nothing else.
 
-    For a pool's worker processes (the sweep's variants): while a command runs, the signal raises
-    :class:`Interrupted` there, which stops the command as Ctrl-C would (:func:`_stream`) and fails the
-    task with an exception worth no retry. Between commands, and once a command is being stopped, the
-    signal is ignored: an idle worker must not exit (the pool would then kill the busy ones before
-    their commands clean up), and a second Ctrl-C must not cut the first one's cleanup short. This
-    also undoes an inherited "ignore SIGINT" (processes started with ``&`` in a script).
+    For a pool's worker processes (the sweep's variants): while a command runs, the signal is passed on
+    to the command's process group as one SIGINT (what Ctrl-C does), its output is still streamed while
+    it cleans up, it is killed after :data:`INTERRUPT_GRACE_S` seconds, and :func:`run` then raises
+    :class:`Interrupted`, which fails the task with an exception worth no retry. The handler raises
+    nothing itself: an exception raised wherever the signal lands would be swallowed by any ``except
+    Exception`` there (the logging handler that prints the command's line catches it as a "Logging
+    error", and the command trains on). Between commands, and once a command is being stopped, the signal
+    is ignored: an idle worker must not exit (the pool would then kill the busy ones before their commands
+    clean up), and a second Ctrl-C must not cut the first one's cleanup short. This also undoes an
+    inherited "ignore SIGINT" (processes started with ``&`` in a script).
     """
+    global _handling
     signal.signal(signum, _interrupt_command)
+    _handling = True
 
 
 def _interrupt_command(signum: int, frame: object) -> None:
-    global _streaming
-    if _streaming:
-        _streaming = False
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+    global _stopped
+    command = _running
+    if command is not None and _stopped is None:
+        _stopped = (signal.Signals(signum).name, time.monotonic())
+        _signal_group(command.pid, signal.SIGINT)
+
+
+def _kill_when_overdue(process: subprocess.Popen[str]) -> None:
+    """SIGKILL to the group of a command the handler stopped that still streams after the grace period."""
+    while _running is process:
+        stopped = _stopped
+        if stopped is not None and time.monotonic() - stopped[1] > INTERRUPT_GRACE_S:
+            _signal_group(process.pid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
 
 
 def dvc_executable() -> str:
@@ -192,8 +214,9 @@ def _stream(
     rest of the output is still streamed; the group is killed if it is not gone after
     :data:`INTERRUPT_GRACE_S` seconds or at a second interruption, and the interruption is re-raised
     only then, so a caller holding the pipeline lease releases it when nothing of the command is left.
+    The signal of :func:`stop_commands_on` stops the command the same way.
     """
-    global _streaming
+    global _running
     lines: list[str] = []
 
     def take(raw: str) -> None:
@@ -213,18 +236,32 @@ def _stream(
         start_new_session=True,
     ) as process:
         assert process.stdout is not None
-        _streaming = threading.current_thread() is threading.main_thread()
+        handled = _handling and threading.current_thread() is threading.main_thread()
+        if handled:
+            _start_running(process)
         try:
             for raw in process.stdout:
                 take(raw)
         except BaseException:
-            _streaming = False
+            _running = None
             _stop_group(process, take, INTERRUPT_GRACE_S)
             raise
         finally:
-            _streaming = False
+            _running = None
         returncode = process.wait()
+    if handled and _stopped is not None:
+        _signal_group(process.pid, signal.SIGKILL)  # what outlived the command
+        raise Interrupted(f"stopped by {_stopped[0]}")
     return returncode, lines
+
+
+def _start_running(process: subprocess.Popen[str]) -> None:
+    """Let the handler of :func:`stop_commands_on` stop ``process``, and kill it when it overstays."""
+    global _running, _stopped
+    _stopped = None
+    _running = process
+    grace = threading.Thread(target=_kill_when_overdue, args=(process,), name="fkp-grace", daemon=True)
+    grace.start()
 
 
 def _stop_group(process: subprocess.Popen[str], take: Callable[[str], None], grace: float) -> None:

@@ -158,3 +158,45 @@ def test_an_exception_in_the_caller_stops_the_command() -> None:
     out, _ = runner.communicate(timeout=30)
     assert "command: clean" in out and "terminated" in out, out
     wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
+
+
+def test_an_interrupt_that_lands_in_a_logging_handler_still_stops_the_command() -> None:
+    # A pool worker spends its time printing the command's lines through logging (Prefect's run logger),
+    # and logging swallows any Exception raised while it formats or writes ("--- Logging error ---"): an
+    # interrupt raised wherever the signal landed was lost there, and the sweep's variant trained on.
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import logging, sys, time
+                from fkp import pipeline
+                class Slow(logging.StreamHandler):
+                    def format(self, record):
+                        time.sleep(0.2)  # the signal lands here, inside the handler's try/except
+                        return super().format(record)
+                log = logging.getLogger("runner")
+                log.addHandler(Slow(sys.stdout))
+                log.setLevel(logging.INFO)
+                pipeline.stop_commands_on()
+                chatty = "import time\\nwhile True: print('command: epoch', flush=True); time.sleep(0.01)"
+                try:
+                    pipeline.run([sys.executable, "-c", chatty], on_line=log.info)
+                except pipeline.Interrupted as error:
+                    print(f"runner: {error}", flush=True)
+                    sys.exit(3)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    for _ in range(5):
+        assert "command: epoch" in runner.stdout.readline()
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 3, out[-2000:]
+    assert "Logging error" not in out and out.rstrip().endswith("runner: stopped by SIGINT"), out[-2000:]
