@@ -57,10 +57,10 @@ class Interrupted(RuntimeError):
 
 #: the command :func:`_stream` runs in the main thread, while it runs (what the handler stops)
 _running: subprocess.Popen[str] | None = None
-#: the signal that stopped it and when (monotonic seconds), once the handler did
+#: the signal that told this process to stop and when (monotonic seconds), once it came
 _stopped: tuple[str, float] | None = None
-#: whether :func:`stop_commands_on` installed the handler in this process
-_handling = False
+#: the signal :func:`stop_commands_on` made the handler of in this process, if it did
+_handling: int | None = None
 
 
 def stop_commands_on(signum: int = signal.SIGINT) -> None:
@@ -72,21 +72,26 @@ def stop_commands_on(signum: int = signal.SIGINT) -> None:
     :class:`Interrupted`, which fails the task with an exception worth no retry. The handler raises
     nothing itself: an exception raised wherever the signal lands would be swallowed by any ``except
     Exception`` there (the logging handler that prints the command's line catches it as a "Logging
-    error", and the command trains on). Between commands, and once a command is being stopped, the signal
-    is ignored: an idle worker must not exit (the pool would then kill the busy ones before their commands
-    clean up), and a second Ctrl-C must not cut the first one's cleanup short. This also undoes an
-    inherited "ignore SIGINT" (processes started with ``&`` in a script).
+    error", and the command trains on). A signal that comes before the command started (a worker still
+    setting up its task) is kept: the command is then not started, or stopped as soon as it is, and
+    :func:`run` raises :class:`Interrupted` all the same; a told-to-stop process starts no command again.
+    The process itself does not exit: an idle worker that died would make the pool kill the busy ones
+    before their commands clean up. A second signal is ignored, so a second Ctrl-C does not cut the
+    first one's cleanup short. This also undoes an inherited "ignore SIGINT" (processes started with
+    ``&`` in a script).
     """
     global _handling
     signal.signal(signum, _interrupt_command)
-    _handling = True
+    _handling = signum
 
 
 def _interrupt_command(signum: int, frame: object) -> None:
     global _stopped
+    if _stopped is not None:
+        return
+    _stopped = (signal.Signals(signum).name, time.monotonic())
     command = _running
-    if command is not None and _stopped is None:
-        _stopped = (signal.Signals(signum).name, time.monotonic())
+    if command is not None:
         _signal_group(command.pid, signal.SIGINT)
 
 
@@ -218,6 +223,9 @@ def _stream(
     """
     global _running
     lines: list[str] = []
+    handled = _handling is not None and threading.current_thread() is threading.main_thread()
+    if handled and _stopped is not None:
+        raise Interrupted(f"stopped by {_stopped[0]} before it started")
 
     def take(raw: str) -> None:
         lines.append(raw.rstrip("\n"))
@@ -236,7 +244,6 @@ def _stream(
         start_new_session=True,
     ) as process:
         assert process.stdout is not None
-        handled = _handling and threading.current_thread() is threading.main_thread()
         if handled:
             _start_running(process)
         try:
@@ -257,9 +264,16 @@ def _stream(
 
 def _start_running(process: subprocess.Popen[str]) -> None:
     """Let the handler of :func:`stop_commands_on` stop ``process``, and kill it when it overstays."""
-    global _running, _stopped
-    _stopped = None
-    _running = process
+    global _running
+    assert _handling is not None
+    blocked = {_handling}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)  # the handler sees the command, or we see its mark
+    try:
+        _running = process
+        if _stopped is not None:  # the signal came while the command was being started
+            _signal_group(process.pid, signal.SIGINT)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     grace = threading.Thread(target=_kill_when_overdue, args=(process,), name="fkp-grace", daemon=True)
     grace.start()
 

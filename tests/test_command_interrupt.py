@@ -200,3 +200,32 @@ def test_an_interrupt_that_lands_in_a_logging_handler_still_stops_the_command() 
     out, _ = runner.communicate(timeout=60)
     assert runner.returncode == 3, out[-2000:]
     assert "Logging error" not in out and out.rstrip().endswith("runner: stopped by SIGINT"), out[-2000:]
+
+
+def test_a_signal_before_the_command_started_keeps_it_from_starting() -> None:
+    # A sweep stopped while a worker is still setting up its variant's task: the signal comes before
+    # the command exists, and the command must not then train on with nobody left to stop it.
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys\n"
+            "from fkp import pipeline\n"
+            "pipeline.stop_commands_on()\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "print('runner: told to stop, still here', flush=True)\n"
+            "try:\n"
+            f"    pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
+            "except pipeline.Interrupted as error:\n"
+            "    print(f'runner: {error}', flush=True)\n"
+            "    sys.exit(3)\n",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 3, out
+    expected = ["runner: told to stop, still here", "runner: stopped by SIGINT before it started"]
+    assert out.splitlines() == expected
