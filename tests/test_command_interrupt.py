@@ -52,15 +52,44 @@ RUNNER = textwrap.dedent(
 )
 
 
-def start_runner(mode: str, grace: float) -> tuple[subprocess.Popen, list[str], int, int]:
-    """The runner and its output so far, once its command is running: (runner, lines, command, child)."""
-    runner = subprocess.Popen(
-        [sys.executable, "-c", RUNNER, mode, str(grace), COMMAND],
+#: a worker-like process whose logging handler is slow to format the command's lines (Prefect's run
+#: logger prints them in a pool worker), so that a signal lands inside the handler
+SLOW_LOGGING_RUNNER = textwrap.dedent(
+    """
+    import logging, sys, time
+    from fkp import pipeline
+    class Slow(logging.StreamHandler):
+        def format(self, record):
+            time.sleep(0.2)  # the signal lands here, inside the handler's try/except
+            return super().format(record)
+    log = logging.getLogger("runner")
+    log.addHandler(Slow(sys.stdout))
+    log.setLevel(logging.INFO)
+    pipeline.stop_commands_on()
+    chatty = "import time\\nwhile True: print('command: epoch', flush=True); time.sleep(0.01)"
+    try:
+        pipeline.run([sys.executable, "-c", chatty], on_line=log.info)
+    except pipeline.Interrupted as error:
+        print(f"runner: {error}", flush=True)
+        sys.exit(3)
+    """
+)
+
+
+def python(code: str, *args: str) -> subprocess.Popen:
+    """``python -c code args``: its output (stdout and stderr together) as unbuffered text."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def start_runner(mode: str, grace: float) -> tuple[subprocess.Popen, list[str], int, int]:
+    """The runner and its output so far, once its command is running: (runner, lines, command, child)."""
+    runner = python(RUNNER, mode, str(grace), COMMAND)
     lines: list[str] = []
     while not lines or "command: running" not in lines[-1]:
         line = runner.stdout.readline()
@@ -136,20 +165,12 @@ def test_a_command_that_ignores_the_interrupt_is_killed_after_the_grace_period()
 
 def test_an_exception_in_the_caller_stops_the_command() -> None:
     # How a flow's own thread is stopped: Prefect turns SIGTERM into an exception raised there.
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import signal, sys\n"
-            "from fkp import pipeline\n"
-            "def terminated(signum, frame): raise SystemExit('terminated')\n"
-            "signal.signal(signal.SIGTERM, terminated)\n"
-            f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    runner = python(
+        "import signal, sys\n"
+        "from fkp import pipeline\n"
+        "def terminated(signum, frame): raise SystemExit('terminated')\n"
+        "signal.signal(signal.SIGTERM, terminated)\n"
+        f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
     )
     line = runner.stdout.readline()
     assert "command: running" in line, line
@@ -164,36 +185,7 @@ def test_an_interrupt_that_lands_in_a_logging_handler_still_stops_the_command() 
     # A pool worker spends its time printing the command's lines through logging (Prefect's run logger),
     # and logging swallows any Exception raised while it formats or writes ("--- Logging error ---"): an
     # interrupt raised wherever the signal landed was lost there, and the sweep's variant trained on.
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                """
-                import logging, sys, time
-                from fkp import pipeline
-                class Slow(logging.StreamHandler):
-                    def format(self, record):
-                        time.sleep(0.2)  # the signal lands here, inside the handler's try/except
-                        return super().format(record)
-                log = logging.getLogger("runner")
-                log.addHandler(Slow(sys.stdout))
-                log.setLevel(logging.INFO)
-                pipeline.stop_commands_on()
-                chatty = "import time\\nwhile True: print('command: epoch', flush=True); time.sleep(0.01)"
-                try:
-                    pipeline.run([sys.executable, "-c", chatty], on_line=log.info)
-                except pipeline.Interrupted as error:
-                    print(f"runner: {error}", flush=True)
-                    sys.exit(3)
-                """
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    runner = python(SLOW_LOGGING_RUNNER)
     for _ in range(5):
         assert "command: epoch" in runner.stdout.readline()
     runner.send_signal(signal.SIGINT)
@@ -205,25 +197,17 @@ def test_an_interrupt_that_lands_in_a_logging_handler_still_stops_the_command() 
 def test_a_signal_before_the_command_started_keeps_it_from_starting() -> None:
     # A sweep stopped while a worker is still setting up its variant's task: the signal comes before
     # the command exists, and the command must not then train on with nobody left to stop it.
-    runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, signal, sys\n"
-            "from fkp import pipeline\n"
-            "pipeline.stop_commands_on()\n"
-            "os.kill(os.getpid(), signal.SIGINT)\n"
-            "print('runner: told to stop, still here', flush=True)\n"
-            "try:\n"
-            f"    pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
-            "except pipeline.Interrupted as error:\n"
-            "    print(f'runner: {error}', flush=True)\n"
-            "    sys.exit(3)\n",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    runner = python(
+        "import os, signal, sys\n"
+        "from fkp import pipeline\n"
+        "pipeline.stop_commands_on()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "print('runner: told to stop, still here', flush=True)\n"
+        "try:\n"
+        f"    pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
+        "except pipeline.Interrupted as error:\n"
+        "    print(f'runner: {error}', flush=True)\n"
+        "    sys.exit(3)\n"
     )
     out, _ = runner.communicate(timeout=60)
     assert runner.returncode == 3, out
