@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fkp.groups import read_groups
-from fkp.impute import impute_training_rows
-from fkp.kaggle_csv import read_training
-from fkp.metrics import mean_face, score
+from fkp.core.groups import read_groups
+from fkp.core.kaggle_csv import read_training
+from fkp.core.metrics import mean_face, score
+from fkp.core.split import Split, make_split
 from fkp.params import Params, from_dict
-from fkp.split import Split, make_split
+from fkp.stages.impute import impute_training_rows
 
 BENCHMARK_EXPERIMENT = "fkp-benchmarks"
 
@@ -98,9 +98,9 @@ def evaluate_config(
     raw_dir: Path | None = None,
 ) -> AccuracyResult:
     """Train ``params`` on the split's training rows and score the validation rows."""
-    from fkp.fit import fit_model
-    from fkp.predict import predict_keypoints
-    from fkp.pseudo_labels import teach
+    from fkp.core.fit import fit_model
+    from fkp.core.predictor import predict_keypoints
+    from fkp.core.pseudo_labels import teach
 
     rows, targets = impute_training_rows(keypoints, split.train, params.impute.strategy)
     # pseudo: a teacher fills the missing labels first; its time counts as training time

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _untrained_model(path: Path) -> Path:
-    from fkp.models import build_model
+    from fkp.core.models import build_model
     from fkp.params import load_params
 
     build_model(load_params(ROOT / "params.yaml").model, seed=0).save(path)

@@ -4,7 +4,7 @@ Writes a full-size training.csv (7049 rows, like Kaggle's ~230 MB file) unless o
 given, then times:
 
 - naive: ``df.Image.apply(lambda s: np.fromstring(s, sep=' '))`` (the classic recipe),
-- fkp:   ``fkp.images.parse_images`` on the same strings,
+- fkp:   ``fkp.core.images.parse_images`` on the same strings,
 - the whole ``read_training`` (CSV + parse) and loading the prepared ``.npz`` cache.
 
     python -m benchmarks.parse_speed [--csv training.csv] [--repeat 3]
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fkp.images import parse_images
-from fkp.kaggle_csv import read_training, write_training
-from fkp.prepare import load_train, save_train
+from fkp.core.images import parse_images
+from fkp.core.kaggle_csv import read_training, write_training
+from fkp.stages.prepare import load_train, save_train
 
 FULL_ROWS = 7049
 

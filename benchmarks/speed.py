@@ -46,8 +46,8 @@ def measure(fn, batch: int, *, seconds: float = 3.0) -> dict[str, float]:
 
 def fast_paths(model) -> dict:
     """The paths fkp predicts with: the compiled forward pass, plain and flip-averaged."""
-    from fkp.inference import compile_predictor
-    from fkp.models import model_mirror_x
+    from fkp.core.inference import compile_predictor
+    from fkp.core.models import model_mirror_x
 
     mirror_x = model_mirror_x(model)
     return {
@@ -60,7 +60,7 @@ def inference_report(model_path: str | Path, *, seconds: float = 3.0) -> dict:
     """All speed figures for one saved model, plus its size."""
     import keras
 
-    import fkp.models  # noqa: F401  (registers custom layers)
+    import fkp.core.models  # noqa: F401  (registers custom layers)
 
     model = keras.models.load_model(model_path)
     results = {

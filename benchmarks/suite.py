@@ -3,7 +3,7 @@
 All are trained on the same person-disjoint split of a Kaggle-format training.csv (the seed recipe
 gets the wall time the first default took, or the default config's without ``--preset v1``),
 scored on observed labels, scored again on the validation faces under seven distortions
-(:mod:`fkp.robustness`) and timed on CPU as they are served. Writes its part of BENCHMARKS.md
+(:mod:`fkp.core.robustness`) and timed on CPU as they are served. Writes its part of BENCHMARKS.md
 (between the suite markers; hand-written sections are kept).
 
     python -m benchmarks.suite --csv ../shared/data/youtube-faces-96/training.csv.gz \
@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks.accuracy import AccuracyResult, evaluate_config, load_config, load_dataset
 from benchmarks.parse_speed import measure_parse
 from benchmarks.speed import inference_report
-from fkp.keypoints import KEYPOINT_NAMES
+from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.params import Params
 
 TARGET_RMSE = 1.40
@@ -127,7 +127,7 @@ def render(
     robustness: dict[str, dict[str, float]],
     loads: dict[str, str],
 ) -> str:
-    from fkp.robustness import DESCRIPTIONS
+    from fkp.core.robustness import DESCRIPTIONS
 
     names = list(results)
     seed, default = results["seed recipe"], results["default config"]
@@ -238,7 +238,7 @@ def render(
         "## Robustness (validation RMSE, px, under each distortion)",
         "",
         "The same validation faces, distorted one way at a time at a fixed severity "
-        "(`fkp/robustness.py`, OpenCV, independent of the training augmentation); the labels move "
+        "(`fkp/core/robustness.py`, OpenCV, independent of the training augmentation); the labels move "
         "only with the rotation.",
         "",
         *table(
@@ -261,8 +261,8 @@ def render(
         "| | seconds |",
         "|---|---|",
         f"| naive `df.Image.apply(lambda s: np.fromstring(s, sep=' '))` | {parse['naive_s']:.2f} |",
-        f"| `fkp.images.parse_images` | {parse['fkp_s']:.2f} ({parse['speedup']:.1f}x faster) |",
-        f"| `fkp.kaggle_csv.read_training` (CSV + parse) | {parse['read_training_s']:.2f} |",
+        f"| `fkp.core.images.parse_images` | {parse['fkp_s']:.2f} ({parse['speedup']:.1f}x faster) |",
+        f"| `fkp.core.kaggle_csv.read_training` (CSV + parse) | {parse['read_training_s']:.2f} |",
         f"| load of the prepared `.npz` cache | {parse['cache_load_s']:.2f} |",
         "",
         "## All inference paths",
@@ -312,8 +312,8 @@ def main() -> None:
     args = parser.parse_args()
     command = "python -m benchmarks.suite " + shlex.join(sys.argv[1:])
 
-    from fkp.predict import predict_keypoints
-    from fkp.robustness import robustness_scores
+    from fkp.core.predictor import predict_keypoints
+    from fkp.core.robustness import robustness_scores
 
     print("parsing benchmark ...", flush=True)
     parse = measure_parse(repeat=2)

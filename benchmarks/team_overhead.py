@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fkp.stack.config import StackConfig, client_env
-from fkp.stack.supervisor import read_state
+from fkp.orchestration.stack.config import StackConfig, client_env
+from fkp.orchestration.stack.supervisor import read_state
 
 BIN = Path(sys.executable).parent
 GRID = {"train.lr": [0.002, 0.004, 0.006, 0.008]}

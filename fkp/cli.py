@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fkp import quiet
-from fkp.lock import LockBusyError, pipeline_lock
+from fkp.orchestration.lock import LockBusyError, pipeline_lock
 from fkp.safety.leftovers import exit_cleanly_on_signals, remove_stale
 from fkp.safety.messages import describe
 
@@ -26,7 +26,8 @@ TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
-#: the commands that are DVC stages: each runs inside the pipeline's lease (fkp.lock.pipeline_lock)
+#: the commands that are DVC stages: each runs inside the pipeline's lease
+#: (fkp.orchestration.lock.pipeline_lock)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
 #: seconds a pipeline step waits for another run to finish (unset: as long as it takes; 0: not at all)
 LOCK_TIMEOUT_ENV = "FKP_LOCK_TIMEOUT"
@@ -52,7 +53,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from fkp.plots import show_csv
+    from fkp.core.plots import show_csv
 
     out = show_csv(args.csv, args.out, n=args.n, seed=args.seed)
     print(f"wrote {out}")
@@ -60,7 +61,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fkp.validate import validate_raw_dir
+    from fkp.stages.validate import validate_raw_dir
 
     report = validate_raw_dir(args.raw_dir, args.report_dir)
     print(report.summary())
@@ -87,14 +88,14 @@ def cmd_data_kaggle(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from fkp.prepare import prepare
+    from fkp.stages.prepare import prepare
 
     prepare(args.raw_dir, args.out, _params(args).split)
     return 0
 
 
 def cmd_impute(args: argparse.Namespace) -> int:
-    from fkp.impute import run_impute
+    from fkp.stages.impute import run_impute
 
     strategy = args.strategy or _params(args).impute.strategy
     run_impute(args.prepared, args.out, strategy)
@@ -102,21 +103,21 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fkp.train import run_train
+    from fkp.stages.train import run_train
 
     run_train(_params(args))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fkp.evaluate import run_evaluate
+    from fkp.stages.evaluate import run_evaluate
 
     run_evaluate(_params(args))
     return 0
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from fkp.tracking.promote import run_register
+    from fkp.stages.register import run_register
 
     run_register(_params(args))
     return 0
@@ -128,12 +129,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print("fkp predict: give either --data DIR (test.csv) or image files, not both", file=sys.stderr)
         return 2
     if args.data:
-        from fkp.kaggle_csv import ID_LOOKUP_CSV, TEST_CSV
-        from fkp.predict import predict_test
+        from fkp.core.kaggle_csv import ID_LOOKUP_CSV, TEST_CSV
+        from fkp.stages.predict import predict_test
 
         predict_test(args.model, args.data / TEST_CSV, args.data / ID_LOOKUP_CSV, args.out, tta_flip=tta)
         return 0
-    from fkp.photos import NoFaceFoundError, predict_photos
+    return _predict_photos(args, tta)
+
+
+def _predict_photos(args: argparse.Namespace, tta: bool) -> int:
+    """``fkp predict photo.jpg ...``: not the DVC stage (that is ``--data``), so kept out of its handler."""
+    from fkp.serving.photos import NoFaceFoundError, predict_photos
 
     try:
         max_pixels = _params(args).limits.photo_max_pixels
@@ -145,8 +151,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fkp.web.limits import Limits
-    from fkp.web.server import serve
+    from fkp.serving.web.limits import Limits
+    from fkp.serving.web.server import serve
 
     limits = Limits(round(args.max_body_mb * 1024 * 1024), round(args.max_megapixels * 1e6), args.max_faces)
     tta = _params(args).train.tta_flip
@@ -155,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from fkp.stack.cli import run
+    from fkp.orchestration.stack.cli import run
 
     return run(args)
 
@@ -296,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
 
     p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")
-    from fkp.stack.cli import add_arguments
+    from fkp.orchestration.stack.cli import add_arguments
 
     add_arguments(p)
     return parser

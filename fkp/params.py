@@ -60,7 +60,7 @@ class AugmentParams:
     scale: float = 0.1
     brightness: float = 0.2
     contrast: float = 0.2
-    # Camera degradations, each the probability that an image gets it (ranges: fkp/augment.py).
+    # Camera degradations, each the probability that an image gets it (ranges: fkp/core/augment.py).
     blur: float = 0.12
     noise: float = 0.12
     jpeg: float = 0.12

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from fkp.core.groups import GROUPS_COLUMNS, GROUPS_CSV
+from fkp.core.kaggle_csv import ID_LOOKUP_CSV, SAMPLE_SUBMISSION_CSV, TEST_CSV, TRAINING_CSV
+from fkp.core.keypoints import ID_LOOKUP_COLUMNS, SUBMISSION_COLUMNS, TEST_COLUMNS, TRAINING_COLUMNS
 from fkp.errors import DataError
-from fkp.groups import GROUPS_COLUMNS, GROUPS_CSV
-from fkp.kaggle_csv import ID_LOOKUP_CSV, SAMPLE_SUBMISSION_CSV, TEST_CSV, TRAINING_CSV
-from fkp.keypoints import ID_LOOKUP_COLUMNS, SUBMISSION_COLUMNS, TEST_COLUMNS, TRAINING_COLUMNS
 from fkp.params import LimitsParams
 from fkp.safety.archives import ArchiveLimits, extract
 from fkp.safety.owner import token

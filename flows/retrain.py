@@ -1,7 +1,8 @@
 """Prefect flow: retrain the keypoint model by running the DVC pipeline, on demand or on a schedule.
 
 The flow has no steps of its own: ``dvc.yaml`` is the one definition of the DAG. The flow asks DVC for
-the stages in order (:mod:`fkp.pipeline`) and runs each as one Prefect task named after it, through DVC
+the stages in order (:mod:`fkp.orchestration.pipeline`) and runs each as one Prefect task named after it,
+through DVC
 (``dvc repro --single-item <stage>``), so ``dvc.lock`` records the run and ``dvc status`` / ``dvc repro``
 agree with it afterwards. Run it from the repository root::
 
@@ -28,7 +29,8 @@ Behaviour worth knowing:
   column) in its message and log, nothing after it runs, and the prepared data, the model and the
   champion stay as they were. Stages with ``meta.retries`` in ``dvc.yaml`` (those that talk to the
   MLflow store) are retried.
-* One run at a time, whatever started it: the flow holds the pipeline's lease (:mod:`fkp.lock`) from its
+* One run at a time, whatever started it: the flow holds the pipeline's lease
+  (:mod:`fkp.orchestration.lock`) from its
   first step to its last, the same lease every ``fkp`` stage command takes under ``dvc repro``. A run
   that finds it held waits, logging who holds it (``--no-wait``: fails at once). The served deployment
   also has a Prefect concurrency limit of 1.
@@ -36,7 +38,8 @@ Behaviour worth knowing:
   ``dvc update`` of data brought in with ``dvc import`` / ``dvc import-url``, then ``dvc pull``: new
   labelled data in the remote is what makes the next scheduled run retrain.
 * ``--push`` / ``--git-branch NAME``: when a stage ran, ``dvc push`` the outputs and commit
-  ``dvc.lock``, ``params.yaml`` and ``metrics.json`` to branch NAME (:mod:`fkp.versioning`); the MLflow
+  ``dvc.lock``, ``params.yaml`` and ``metrics.json`` to branch NAME
+  (:mod:`fkp.orchestration.versioning`); the MLflow
   run gets the commit as tag ``fkp.retrain_commit``. ``git checkout <commit> && dvc pull`` gets that
   model and its data back.
 * MLflow runs record ``fkp.entrypoint=prefect``, the flow run id, the git commit and the data's DVC
@@ -58,10 +61,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from fkp import pipeline, tracking, versioning
-from fkp.lock import PIPELINE_LOCK, pipeline_lock
-from fkp.prefect_local import api_url
-from fkp.run_names import run_namer
+from fkp import tracking
+from fkp.orchestration import pipeline, versioning
+from fkp.orchestration.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.orchestration.prefect_local import api_url
+from fkp.orchestration.run_names import run_namer
+from fkp.stages.handover import METRICS_JSON, REGISTRY_JSON, RUN_JSON
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a week of new labels, before anyone needs the model
 DEPLOYMENT_NAME = "fkp-retrain"
@@ -71,10 +76,6 @@ DESCRIPTION = (
 )
 TAGS = ["fkp", "retrain", "dvc", "mlflow"]
 
-# the handover files of the DVC stages (dvc.yaml): read for the run's summary only
-RUN_FILE = Path("reports/train/run.json")
-METRICS = Path("metrics.json")
-REGISTRY_JSON = Path("reports/registry.json")
 
 SKIPPED = "Skipped"
 SKIP_MESSAGE = "nothing changed: DVC reports every stage up to date, so nothing was retrained"
@@ -155,8 +156,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _summary(ran: list[str], skipped: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "ran": ran, "skipped": skipped}
     if "train" in ran:
-        summary["run_id"] = _read_json(RUN_FILE).get("run_id")
-    metrics = _read_json(METRICS)
+        summary["run_id"] = _read_json(RUN_JSON).get("run_id")
+    metrics = _read_json(METRICS_JSON)
     if "val_rmse" in metrics:
         summary["val_rmse"] = round(float(metrics["val_rmse"]), 4)
     if "register" in ran:

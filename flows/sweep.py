@@ -8,7 +8,8 @@ applied with ``dvc exp apply <name>`` (then ``dvc repro`` registers and predicts
 is an MLflow run tagged ``fkp.sweep=<flow run id>``, ``fkp.variant=<name>`` and ``fkp.dvc_exp=<exp>``.
 The variants are then registered one at a time, best first: the registry only moves the ``champion``
 alias on a real improvement, so it moves at most once, to the best variant if it beats the champion.
-The sweep holds the pipeline's lease (:mod:`fkp.lock`) from start to end, like any other run. Run it from
+The sweep holds the pipeline's lease (:mod:`fkp.orchestration.lock`) from start to end, like any other
+run. Run it from
 the repository root::
 
     python flows/sweep.py                                  # default grid, 2 variants at a time
@@ -64,14 +65,15 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run, task_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
-from fkp import pipeline, tracking
+from fkp import tracking
 from fkp.envvars import env_var
-from fkp.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.orchestration import pipeline
+from fkp.orchestration.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.orchestration.prefect_local import api_url
+from fkp.orchestration.run_names import run_namer
 from fkp.params import Params, from_dict, load_params
-from fkp.prefect_local import api_url
-from fkp.run_names import run_namer
 
-#: impute strategies x model architectures (fkp.models)
+#: impute strategies x model architectures (fkp.core.models)
 DEFAULT_GRID: dict[str, list[Any]] = {
     "model.arch": ["seed", "lean"],
     "impute.strategy": ["ffill", "mask", "drop"],
@@ -266,7 +268,7 @@ def run_variant(variant: Variant, root: str, targets: list[str], env: dict[str, 
 )
 def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[str, Any]:
     """Register one variant's model (the registry moves the champion only if it is better)."""
-    from fkp.tracking.promote import run_register
+    from fkp.stages.register import run_register
 
     out = SWEEP_DIR / result["exp"]
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +313,8 @@ def _interrupt_local_workers() -> None:
 
     Unwinding, the process pool would wait for its running tasks, so a terminated sweep kept training
     until every running variant ended, with the lease released under it. Workers take SIGINT as
-    :func:`fkp.pipeline.stop_commands_on` says: a running command is stopped as Ctrl-C would stop it
+    :func:`fkp.orchestration.pipeline.stop_commands_on` says: a running command is stopped as Ctrl-C
+    would stop it
     and its task fails without a retry; an idle worker ignores it. Workers of remote runners (Dask,
     Ray) are not this process's to signal.
     """

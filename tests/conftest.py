@@ -123,7 +123,7 @@ def prefect_api(tmp_path_factory):
     from prefect.context import refresh_global_settings_context
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from fkp.prefect_local import die_with_parent
+    from fkp.orchestration.prefect_local import die_with_parent
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()

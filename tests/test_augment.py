@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fkp.augment import MIRROR_X, PIXEL_CENTER, augment_batch, flip_keypoints
-from fkp.keypoints import COORD_COLUMNS, IMAGE_SIZE
+from fkp.core.augment import MIRROR_X, PIXEL_CENTER, augment_batch, flip_keypoints
+from fkp.core.keypoints import COORD_COLUMNS, IMAGE_SIZE
 from fkp.params import AugmentParams
 
 NO_DEGRADATION = {"blur": 0.0, "noise": 0.0, "jpeg": 0.0, "gamma": 0.0, "occlusion": 0.0}

@@ -1,4 +1,5 @@
-"""Stopping the commands the flows run (`fkp.pipeline.run`): like Ctrl-C, to the whole command, once.
+"""Stopping the commands the flows run (`fkp.orchestration.pipeline.run`): like Ctrl-C, to the whole
+command, once.
 
 A runner process calls `pipeline.run` on a command that starts a child of its own; the test signals
 the runner, as a terminated sweep signals its worker processes, and looks at what is left running.
@@ -40,7 +41,7 @@ COMMAND = textwrap.dedent(
 RUNNER = textwrap.dedent(
     """
     import sys
-    from fkp import pipeline
+    from fkp.orchestration import pipeline
     pipeline.INTERRUPT_GRACE_S = float(sys.argv[2])
     pipeline.stop_commands_on()
     try:
@@ -57,7 +58,7 @@ RUNNER = textwrap.dedent(
 SLOW_LOGGING_RUNNER = textwrap.dedent(
     """
     import logging, sys, time
-    from fkp import pipeline
+    from fkp.orchestration import pipeline
     class Slow(logging.StreamHandler):
         def format(self, record):
             time.sleep(0.2)  # the signal lands here, inside the handler's try/except
@@ -128,7 +129,7 @@ def test_a_signal_between_commands_is_ignored() -> None:
         [
             sys.executable,
             "-c",
-            "import time; from fkp import pipeline; pipeline.stop_commands_on(); "
+            "import time; from fkp.orchestration import pipeline; pipeline.stop_commands_on(); "
             "print('ready', flush=True); time.sleep(3); print('still here', flush=True)",
         ],
         stdout=subprocess.PIPE,
@@ -167,7 +168,7 @@ def test_an_exception_in_the_caller_stops_the_command() -> None:
     # How a flow's own thread is stopped: Prefect turns SIGTERM into an exception raised there.
     runner = python(
         "import signal, sys\n"
-        "from fkp import pipeline\n"
+        "from fkp.orchestration import pipeline\n"
         "def terminated(signum, frame): raise SystemExit('terminated')\n"
         "signal.signal(signal.SIGTERM, terminated)\n"
         f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
@@ -199,7 +200,7 @@ def test_a_signal_before_the_command_started_keeps_it_from_starting() -> None:
     # the command exists, and the command must not then train on with nobody left to stop it.
     runner = python(
         "import os, signal, sys\n"
-        "from fkp import pipeline\n"
+        "from fkp.orchestration import pipeline\n"
         "pipeline.stop_commands_on()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "print('runner: told to stop, still here', flush=True)\n"

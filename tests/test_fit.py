@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fkp.dataset import train_dataset
-from fkp.fit import fit_model, rmse_px
-from fkp.images import to_model_input
-from fkp.keypoints import IMAGE_SIZE
+from fkp.core.dataset import train_dataset
+from fkp.core.fit import fit_model, rmse_px
+from fkp.core.images import to_model_input
+from fkp.core.keypoints import IMAGE_SIZE
 from fkp.params import AugmentParams, ModelParams, TrainParams
 
 MODEL = ModelParams(arch="lean", width=8, depth=1, head="dense", head_channels=8)

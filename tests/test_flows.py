@@ -23,10 +23,10 @@ import yaml
 from conftest import make_project_copy, stop_group, wait_until
 from mlflow import MlflowClient
 
-from fkp import pipeline, versioning
-from fkp.lock import holder
+from fkp.orchestration import pipeline, versioning
+from fkp.orchestration.lock import holder
+from fkp.orchestration.prefect_local import healthy
 from fkp.params import from_dict
-from fkp.prefect_local import healthy
 from flows import retrain as retrain_flow
 from flows import sweep as sweep_flow
 
@@ -491,7 +491,7 @@ def test_dvc_repro_refuses_while_a_retrain_holds_the_pipeline(flow_project, firs
         [
             sys.executable,
             "-c",
-            "import time\nfrom fkp.lock import pipeline_lock\n"
+            "import time\nfrom fkp.orchestration.lock import pipeline_lock\n"
             "with pipeline_lock(owner='retrain flow run brave-otter'):\n    print('held', flush=True)\n"
             "    time.sleep(120)",
         ],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fkp.core.images import format_images, parse_images, to_model_input
 from fkp.errors import DataError
-from fkp.images import format_images, parse_images, to_model_input
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from fkp.atomic import atomic_path
-from fkp.errors import DataError
-from fkp.kaggle_csv import (
+from fkp.core.kaggle_csv import (
     read_id_lookup,
     read_test,
     read_training,
@@ -16,7 +15,8 @@ from fkp.kaggle_csv import (
     write_test,
     write_training,
 )
-from fkp.keypoints import COORD_COLUMNS, TRAINING_COLUMNS, flip_permutation
+from fkp.core.keypoints import COORD_COLUMNS, TRAINING_COLUMNS, flip_permutation
+from fkp.errors import DataError
 
 
 def _training(n: int = 6) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fkp.lock import LockBusyError, file_lock, holder, pipeline_lock, process_start
+from fkp.orchestration.lock import holder, pipeline_lock, process_start
+from fkp.tracking.registry_lock import LockBusyError, file_lock
 
 
 def test_file_lock_excludes_a_second_holder_and_names_the_first(tmp_path) -> None:
@@ -54,7 +55,8 @@ def test_file_lock_waits_for_the_holder_to_finish(tmp_path) -> None:
 
 
 def _python(code: str, lock: Path, **env: str) -> subprocess.CompletedProcess:
-    script = "import sys\nfrom pathlib import Path\nfrom fkp.lock import *\n" + textwrap.dedent(code)
+    header = "import sys\nfrom pathlib import Path\nfrom fkp.orchestration.lock import *\n"
+    script = header + textwrap.dedent(code)
     return subprocess.run(
         [sys.executable, "-c", script, str(lock)],
         capture_output=True,
@@ -88,7 +90,7 @@ def _hold_in_subprocess(lock: Path, owner: str) -> subprocess.Popen:
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom fkp.lock import pipeline_lock\n"
+            "import sys, time\nfrom fkp.orchestration.lock import pipeline_lock\n"
             "with pipeline_lock(sys.argv[1], owner=sys.argv[2]):\n"
             "    print('held', flush=True)\n    time.sleep(60)",
             str(lock),
@@ -139,7 +141,7 @@ def test_a_stage_under_dvc_takes_the_lease_for_its_dvc_process(tmp_path) -> None
     fake_dvc.parent.mkdir()
     fake_dvc.write_text(
         "#!/bin/sh\n"
-        f'"{sys.executable}" -c "from fkp.lock import pipeline_lock\n'
+        f'"{sys.executable}" -c "from fkp.orchestration.lock import pipeline_lock\n'
         f"with pipeline_lock('{lock}', owner='stage') as got: print(got.owner)\" && exec sleep 30\n"
     )
     fake_dvc.chmod(0o755)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fkp.losses import WING_EPS, WING_W, MaskedMAE, MaskedRMSE, get_loss, masked_mae, masked_mse, masked_wing
+from fkp.core.losses import (
+    WING_EPS,
+    WING_W,
+    MaskedMAE,
+    MaskedRMSE,
+    get_loss,
+    masked_mae,
+    masked_mse,
+    masked_wing,
+)
 
 
 def targets_and_predictions():

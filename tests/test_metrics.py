@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fkp.metrics import mean_face, rmse, score
+from fkp.core.metrics import mean_face, rmse, score
 
 
 def test_missing_labels_are_not_scored():

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import pytest
 
-from fkp.augment import PIXEL_CENTER, flip_keypoints
-from fkp.keypoints import IMAGE_SIZE, N_KEYPOINTS
-from fkp.losses import MaskedRMSE, masked_mse
-from fkp.models import SoftArgmax, build_model, predict_with_flip
+from fkp.core.augment import PIXEL_CENTER, flip_keypoints
+from fkp.core.keypoints import IMAGE_SIZE, N_KEYPOINTS
+from fkp.core.losses import MaskedRMSE, masked_mse
+from fkp.core.models import SoftArgmax, build_model, predict_with_flip
 from fkp.params import ModelParams
 
 SMALL = {

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fkp import photos
+from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.errors import DataError
-from fkp.keypoints import KEYPOINT_NAMES
-from fkp.photos import Box, FaceCrop, NoFaceFoundError
+from fkp.serving import photos
+from fkp.serving.photos import Box, FaceCrop, NoFaceFoundError
 
 
 def _draw_face(
@@ -160,7 +160,7 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_predict_photos_writes_json_and_overlay(tmp_path, keras_file):
-    from fkp.predict import load_model, predict_keypoints
+    from fkp.core.predictor import load_model, predict_keypoints
 
     photo = _draw_face(560, 420, centre=(300, 200), size=220)
     photo[..., 2] = np.clip(photo[..., 2].astype(int) + 30, 0, 255)  # a colour photo, not gray

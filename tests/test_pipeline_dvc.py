@@ -33,7 +33,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(project_copy):
 
     metrics = json.loads((project_copy / "metrics.json").read_text())
     assert metrics["val_rmse"] > 0 and len(metrics["per_keypoint_rmse"]) == 15
-    from fkp.robustness import DISTORTIONS
+    from fkp.core.robustness import DISTORTIONS
 
     assert set(metrics["robustness_rmse"]) == set(DISTORTIONS)
     assert all(v > 0 for v in metrics["robustness_rmse"].values())

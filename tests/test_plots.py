@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fkp.kaggle_csv import write_training
-from fkp.plots import plot_face_grid, show_csv
+from fkp.core.kaggle_csv import write_training
+from fkp.core.plots import plot_face_grid, show_csv
 from fkp.synthetic.sample import generate_sample
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fkp import predict
+from fkp.core import predictor
+from fkp.core.images import to_model_input
+from fkp.core.kaggle_csv import write_id_lookup, write_test
+from fkp.core.keypoints import COORD_COLUMNS, SUBMISSION_COLUMNS
 from fkp.errors import DataError
-from fkp.images import to_model_input
-from fkp.kaggle_csv import write_id_lookup, write_test
-from fkp.keypoints import COORD_COLUMNS, SUBMISSION_COLUMNS
+from fkp.stages import predict
 
 #: output biases near the image centre, except the eye centres, far outside 0..96 (clipping);
 #: mirror consistent (right x = 96 - left x), so flip averaging keeps them outside
@@ -40,7 +41,7 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def model(keras_file):
-    return predict.load_model(keras_file)
+    return predictor.load_model(keras_file)
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -48,47 +49,47 @@ def _images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_model_uri_or_path():
-    assert predict.is_model_uri("models:/facial-keypoints-cnn@champion")
-    assert predict.is_model_uri("runs:/0123abcd/model")
-    assert not predict.is_model_uri("models/model.keras")
-    assert not predict.is_model_uri("/abs/model.keras")
-    assert not predict.is_model_uri("C:/models/model.keras")
+    assert predictor.is_model_uri("models:/facial-keypoints-cnn@champion")
+    assert predictor.is_model_uri("runs:/0123abcd/model")
+    assert not predictor.is_model_uri("models/model.keras")
+    assert not predictor.is_model_uri("/abs/model.keras")
+    assert not predictor.is_model_uri("C:/models/model.keras")
 
 
 def test_load_model_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.keras"):
-        predict.load_model(tmp_path / "missing.keras")
+        predictor.load_model(tmp_path / "missing.keras")
     weights = tmp_path / "model.h5"
     weights.write_bytes(b"not a model")
     with pytest.raises(DataError, match=r"model\.h5.*\.keras"):
-        predict.load_model(weights)
+        predictor.load_model(weights)
     with pytest.raises(DataError, match="no MLmodel"):
-        predict.load_model(tmp_path)
+        predictor.load_model(tmp_path)
 
 
 def test_predict_keypoints_plain_and_flip_averaged(model):
     images = _images(5)
     x = to_model_input(images)
-    plain = predict.predict_keypoints(model, images, tta_flip=False)
+    plain = predictor.predict_keypoints(model, images, tta_flip=False)
     assert plain.shape == (5, 30) and plain.dtype == np.float32
     np.testing.assert_allclose(plain, model.predict(x, verbose=0), rtol=0, atol=1e-5)
 
     # flip averaging = mean of the plain prediction and the mirrored image's, mapped back
     mirrored = model.predict(x[:, :, ::-1], verbose=0)
-    from fkp.augment import flip_keypoints
+    from fkp.core.augment import flip_keypoints
 
     expected = (plain + flip_keypoints(mirrored)) / 2
-    averaged = predict.predict_keypoints(model, images, tta_flip=True)
+    averaged = predictor.predict_keypoints(model, images, tta_flip=True)
     np.testing.assert_allclose(averaged, expected, rtol=0, atol=1e-4)
     assert np.abs(averaged - plain).max() > 0.01  # the tiny model is not mirror symmetric
 
 
 def test_predict_keypoints_rejects_bad_images(model):
     with pytest.raises(ValueError, match=r"\(n, 96, 96\)"):
-        predict.predict_keypoints(model, np.zeros((2, 48, 48), dtype=np.uint8))
+        predictor.predict_keypoints(model, np.zeros((2, 48, 48), dtype=np.uint8))
     with pytest.raises(ValueError, match="uint8"):
-        predict.predict_keypoints(model, np.zeros((2, 96, 96), dtype=np.float32))
-    assert predict.predict_keypoints(model, np.zeros((0, 96, 96), dtype=np.uint8)).shape == (0, 30)
+        predictor.predict_keypoints(model, np.zeros((2, 96, 96), dtype=np.float32))
+    assert predictor.predict_keypoints(model, np.zeros((0, 96, 96), dtype=np.uint8)).shape == (0, 30)
 
 
 def _kaggle_inputs(folder, n_images: int = 7):
@@ -113,7 +114,7 @@ def _kaggle_inputs(folder, n_images: int = 7):
 def test_predict_test_writes_kaggle_submission(tmp_path, model, keras_file, caplog, monkeypatch):
     lookup = _kaggle_inputs(tmp_path)
     monkeypatch.setattr(predict, "_PROGRESS_CHUNK", 3)
-    with caplog.at_level(logging.INFO, logger="fkp.predict"):
+    with caplog.at_level(logging.INFO, logger="fkp.stages.predict"):
         result = predict.predict_test(
             keras_file, tmp_path / "test.csv", tmp_path / "IdLookupTable.csv", tmp_path / "out"
         )
@@ -131,7 +132,7 @@ def test_predict_test_writes_kaggle_submission(tmp_path, model, keras_file, capl
     preds = pd.read_csv(result["predictions_csv"])
     assert list(preds.columns) == ["ImageId", *COORD_COLUMNS]
     assert preds["ImageId"].tolist() == list(range(1, 8))
-    expected = predict.predict_keypoints(model, _images(7, seed=1))
+    expected = predictor.predict_keypoints(model, _images(7, seed=1))
     np.testing.assert_allclose(preds[list(COORD_COLUMNS)].to_numpy(), expected, atol=1e-3)
 
     # each Location is that image's prediction for that feature, clipped to the image
@@ -152,7 +153,7 @@ def test_predict_test_accepts_a_loaded_model_without_flip(tmp_path, model):
         model, tmp_path / "test.csv", tmp_path / "IdLookupTable.csv", tmp_path / "out", tta_flip=False
     )
     preds = pd.read_csv(result["predictions_csv"])[list(COORD_COLUMNS)].to_numpy()
-    expected = predict.predict_keypoints(model, _images(3, seed=1), tta_flip=False)
+    expected = predictor.predict_keypoints(model, _images(3, seed=1), tta_flip=False)
     np.testing.assert_allclose(preds, expected, atol=1e-3)
 
 

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from fkp.core.pseudo_labels import agreeing_average, fill_missing, pseudo_label, teach
 from fkp.params import ImputeParams, Params
-from fkp.pseudo_labels import agreeing_average, fill_missing, pseudo_label, teach
 from tests.test_fit import MODEL, TRAIN, synthetic
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fkp.augment import PIXEL_CENTER
-from fkp.keypoints import IMAGE_SIZE
-from fkp.robustness import DESCRIPTIONS, DISTORTIONS, robustness_scores
+from fkp.core.augment import PIXEL_CENTER
+from fkp.core.keypoints import IMAGE_SIZE
+from fkp.core.robustness import DESCRIPTIONS, DISTORTIONS, robustness_scores
 
 
 def dot_faces(n: int = 6) -> tuple[np.ndarray, np.ndarray]:

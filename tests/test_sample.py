@@ -8,10 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fkp.errors import DataError
-from fkp.groups import read_groups, write_groups
-from fkp.kaggle_csv import read_id_lookup, read_test, read_training
-from fkp.keypoints import (
+from fkp.core.groups import read_groups, write_groups
+from fkp.core.kaggle_csv import read_id_lookup, read_test, read_training
+from fkp.core.keypoints import (
     COORD_COLUMNS,
     CORE_KEYPOINTS,
     ID_LOOKUP_COLUMNS,
@@ -20,6 +19,7 @@ from fkp.keypoints import (
     TEST_COLUMNS,
     TRAINING_COLUMNS,
 )
+from fkp.errors import DataError
 from fkp.synthetic.face_model import sample_person, sample_view
 from fkp.synthetic.face_render import render_face
 from fkp.synthetic.sample import (

@@ -21,11 +21,12 @@ import pytest
 from conftest import stop_group
 from mlflow import MlflowClient
 
-from fkp import predict, serving
+from fkp.core import predictor
+from fkp.core.images import format_images, to_model_input
+from fkp.core.keypoints import COORD_COLUMNS
+from fkp.core.models import predict_with_flip
 from fkp.errors import DataError
-from fkp.images import format_images, to_model_input
-from fkp.keypoints import COORD_COLUMNS
-from fkp.models import predict_with_flip
+from fkp.serving import pyfunc as serving
 
 MODEL_NAME = "facial-keypoints-cnn-test"
 
@@ -97,11 +98,11 @@ def test_logged_model_is_self_describing(champion):
     assert [p.name for p in signature.params] == ["tta_flip"]
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion["uri"]))
-    assert (local / "code" / "fkp" / "serving.py").is_file()  # the code travels with the model
-    assert (local / "serving_model.py").is_file()  # the model is logged as code (models-from-code) ...
+    assert (local / "code" / "fkp" / "serving" / "pyfunc.py").is_file()  # the code travels with the model
+    assert (local / "pyfunc_model.py").is_file()  # the model is logged as code (models-from-code) ...
     assert not list(local.rglob("*.pkl"))  # ... and nothing is unpickled when it is loaded
     assert not list((local / "code").rglob("__pycache__"))
-    assert predict.keras_file_in_model_dir(local).name == "model.keras"
+    assert predictor.keras_file_in_model_dir(local).name == "model.keras"
     requirements = (local / "requirements.txt").read_text().splitlines()
     assert f"keras=={keras.__version__}" in requirements
     assert f"mlflow=={mlflow.__version__}" in requirements
@@ -112,7 +113,7 @@ def test_logged_model_is_self_describing(champion):
 
 def test_load_model_by_uri_gives_the_same_weights(champion, keras_model):
     model, _ = keras_model
-    loaded = predict.load_model(champion["uri"])
+    loaded = predictor.load_model(champion["uri"])
     x = to_model_input(_images(3, seed=4))
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 

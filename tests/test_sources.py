@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fkp.core.kaggle_csv import read_training, write_id_lookup, write_test, write_training
 from fkp.errors import DataError
-from fkp.kaggle_csv import read_training, write_id_lookup, write_test, write_training
 from fkp.sources import KaggleCredentialsError, download_kaggle, import_dir
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fkp.impute import impute, impute_training_rows
-from fkp.split import load_split, make_split, save_split
+from fkp.core.split import load_split, make_split, save_split
+from fkp.stages.impute import impute, impute_training_rows
 
 
 def test_group_split_is_person_disjoint_and_seeded(tmp_path):

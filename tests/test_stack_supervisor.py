@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fkp.stack import supervisor
-from fkp.stack.supervisor import Service, StackError
+from fkp.orchestration.stack import supervisor
+from fkp.orchestration.stack.supervisor import Service, StackError
 
 pytestmark = pytest.mark.team
 
@@ -119,7 +119,7 @@ def test_interrupted_stack_up_stops_what_it_started(tmp_path):
 
 
 def test_config_keeps_the_ports_it_picked():
-    from fkp.stack.config import StackConfig, resolve
+    from fkp.orchestration.stack.config import StackConfig, resolve
 
     first = resolve(StackConfig(), None)
     assert all(getattr(first, name) > 0 for name in ("postgres_port", "mlflow_port", "dask_port"))

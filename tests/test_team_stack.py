@@ -27,10 +27,10 @@ import pytest
 from conftest import make_project_copy, stop_group
 from mlflow import MlflowClient
 
-from fkp.stack import dask_cluster, postgres
-from fkp.stack.config import StackConfig, client_env
-from fkp.stack.net import free_port, port_open
-from fkp.stack.supervisor import process_of, read_state, records
+from fkp.orchestration.stack import dask_cluster, postgres
+from fkp.orchestration.stack.config import StackConfig, client_env
+from fkp.orchestration.stack.net import free_port, port_open
+from fkp.orchestration.stack.supervisor import process_of, read_state, records
 
 pytestmark = [pytest.mark.team, pytest.mark.slow]
 

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fkp import kaggle_csv
-from fkp.expectations import MAX_ROWS_PER_CHECK, load_suite
-from fkp.groups import GROUPS_COLUMNS, GROUPS_CSV, write_groups
-from fkp.images import format_images, image_token_stats
-from fkp.keypoints import (
+from fkp.core import kaggle_csv
+from fkp.core.expectations import MAX_ROWS_PER_CHECK, load_suite
+from fkp.core.groups import GROUPS_COLUMNS, GROUPS_CSV, write_groups
+from fkp.core.images import format_images, image_token_stats
+from fkp.core.keypoints import (
     COORD_COLUMNS,
     ID_LOOKUP_COLUMNS,
     SUBMISSION_COLUMNS,
@@ -24,7 +24,7 @@ from fkp.keypoints import (
     TRAINING_COLUMNS,
     core_mask,
 )
-from fkp.validate import ValidationReport, validate_raw_dir
+from fkp.stages.validate import ValidationReport, validate_raw_dir
 
 N_TRAIN, N_TEST, N_COMPLETE = 40, 10, 12  # 12 of 40 rows fully labelled: Kaggle's ~30 %
 

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fkp.keypoints import KEYPOINT_NAMES
-from fkp.photos import FaceCrop, extract_crop, to_gray
+from fkp.core.keypoints import KEYPOINT_NAMES
+from fkp.serving.photos import FaceCrop, extract_crop, to_gray
 from tests.web_support import drawn_photo, get_json, post, running_server, synthetic_photos, train_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +47,14 @@ def server(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keras_model(tiny_model):
-    from fkp.predict import load_model
+    from fkp.core.predictor import load_model
 
     return load_model(tiny_model)
 
 
 def _expected(keras_model, photo_bytes: bytes, crop_box: dict) -> np.ndarray:
     """What the model says for the square the server cut out, in photo pixels (15, 2)."""
-    from fkp.predict import predict_keypoints
+    from fkp.core.predictor import predict_keypoints
 
     gray = to_gray(cv2.imdecode(np.frombuffer(photo_bytes, np.uint8), cv2.IMREAD_COLOR))
     crop = FaceCrop(crop_box["x"], crop_box["y"], crop_box["size"])
@@ -110,7 +110,7 @@ def test_multipart_png_and_raw_jpeg_bodies_agree(server):
 
 
 def test_a_96x96_crop_goes_to_the_model_as_it_is(server, keras_model):
-    from fkp.predict import predict_keypoints
+    from fkp.core.predictor import predict_keypoints
     from fkp.synthetic.sample import generate_sample
 
     face = generate_sample(2, 1, 5, workers=1).train_images[0]

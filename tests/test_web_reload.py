@@ -27,7 +27,7 @@ SWAP_TIMEOUT = 180  # seconds the server may take to notice and load (a bound, n
 
 def _shifted_copy(src: Path, dest: Path, delta: float) -> Path:
     """The same model with ``delta`` added to its last biases: a visibly different version."""
-    from fkp.predict import load_model
+    from fkp.core.predictor import load_model
 
     model = load_model(src)
     layer = next(x for x in reversed(model.layers) if getattr(x, "bias", None) is not None)
@@ -39,7 +39,7 @@ def _shifted_copy(src: Path, dest: Path, delta: float) -> Path:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory):
     """Versions 1 and 2 of the model in a temporary registry; ``champion`` on version 1."""
-    from fkp.serving import log_keypoint_model
+    from fkp.serving.pyfunc import log_keypoint_model
 
     root = tmp_path_factory.mktemp("registry")
     model_dir = tmp_path_factory.getbasetemp() / "web-model"
@@ -66,7 +66,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_moving_the_alias_swaps_the_model_without_a_failed_request(registry):
-    from fkp.predict import load_model, predict_keypoints
+    from fkp.core.predictor import load_model, predict_keypoints
     from fkp.synthetic.sample import generate_sample
 
     face = generate_sample(2, 1, 8, workers=1).train_images[0]
@@ -127,7 +127,7 @@ def test_moving_the_alias_swaps_the_model_without_a_failed_request(registry):
 
 
 def test_a_champion_that_cannot_be_loaded_leaves_the_served_one_in_place(registry, caplog):
-    from fkp.web.model import ModelHolder, load
+    from fkp.serving.web.model import ModelHolder, load
 
     client = registry["client"]
     client.set_registered_model_alias(NAME, "champion", "1")
@@ -138,7 +138,7 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_served_one_in_place(registr
 
     broken = client.create_model_version(NAME, (registry["root"] / "missing-model").as_uri())
     client.set_registered_model_alias(NAME, "champion", broken.version)
-    with caplog.at_level("WARNING", logger="fkp.web.model"):
+    with caplog.at_level("WARNING", logger="fkp.serving.web.model"):
         assert holder.refresh() is False
     assert holder.current.version == "1" and not swaps
     assert "still serving version 1" in caplog.text

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from conftest import stop_group
 
-from fkp.photos import detect_faces, to_gray
+from fkp.serving.photos import detect_faces, to_gray
 
 #: Seconds a server may take to load its model and open its port (a bound, not a speed check).
 STARTUP_TIMEOUT = 180
@@ -32,7 +32,7 @@ STARTUP_TIMEOUT = 180
 
 def train_tiny_model(path: Path, *, seed: int = 1, epochs: int = 2, model=None) -> Path:
     """The default network (or ``model``) trained a few epochs on a tiny synthetic sample, saved."""
-    from fkp.fit import fit_model
+    from fkp.core.fit import fit_model
     from fkp.params import ModelParams, TrainParams
     from fkp.synthetic.sample import generate_sample
 

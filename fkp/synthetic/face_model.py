@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fkp.keypoints import KEYPOINT_NAMES
+from fkp.core.keypoints import KEYPOINT_NAMES
 
 #: Mean position of the point between the eyes in real 96x96 Kaggle-style crops.
 MID_EYE = (47.9, 38.9)

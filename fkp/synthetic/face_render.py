@@ -13,7 +13,7 @@ import functools
 import cv2
 import numpy as np
 
-from fkp.keypoints import IMAGE_SIZE
+from fkp.core.keypoints import IMAGE_SIZE
 from fkp.synthetic.face_model import FaceShapes, Person, View, face_shapes
 
 SUPERSAMPLE = 2

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fkp.groups import GROUPS_CSV, write_groups
-from fkp.kaggle_csv import (
+from fkp.core.groups import GROUPS_CSV, write_groups
+from fkp.core.kaggle_csv import (
     ID_LOOKUP_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_CSV,
@@ -30,7 +30,7 @@ from fkp.kaggle_csv import (
     write_test,
     write_training,
 )
-from fkp.keypoints import COORD_COLUMNS, CORE_KEYPOINTS, IMAGE_SIZE, KEYPOINT_NAMES
+from fkp.core.keypoints import COORD_COLUMNS, CORE_KEYPOINTS, IMAGE_SIZE, KEYPOINT_NAMES
 from fkp.params import SampleParams
 from fkp.synthetic.face_model import (
     MID_EYE,

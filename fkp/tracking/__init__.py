@@ -3,7 +3,7 @@
 The package is fkp's MLflow family: this module (the store, provenance tags, a run handed from
 stage to stage), :mod:`~fkp.tracking.keras_callback` (per-epoch values while a model trains),
 :mod:`~fkp.tracking.registry` (versions, and the ``champion`` alias moved only on a real
-improvement) and :mod:`~fkp.tracking.promote` (the ``register`` stage over the registry).
+improvement) and :mod:`~fkp.stages.register` (the ``register`` stage over the registry).
 
 The pipeline trains in one process and evaluates/registers in others, so a run is handed on by
 id (:func:`write_run_id` / :func:`read_run_id`) and resumed with :func:`start_run`.
@@ -71,7 +71,8 @@ TAG_ENTRYPOINT = "fkp.entrypoint"
 TAG_RESUME_CONFLICTS = "fkp.resume_param_conflicts"
 TAG_HOST = "fkp.host"
 TAG_EXECUTOR = "fkp.executor"
-EXECUTOR_ENV = "FKP_EXECUTOR"  # set by whatever runs the process, e.g. a Dask worker (fkp.stack.dask_preload)
+# set by whatever runs the process, e.g. a Dask worker (fkp.orchestration.stack.dask_preload)
+EXECUTOR_ENV = "FKP_EXECUTOR"
 
 _configured_experiment_id: str | None = None
 

@@ -1,0 +1,1 @@
+"""Orchestration glue that only the flows and ``fkp stack`` use: DVC pipeline runs, Prefect helpers."""

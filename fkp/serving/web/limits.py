@@ -1,0 +1,82 @@
+"""What an upload may be: a JPEG or PNG within a byte and a pixel budget.
+
+The pixel count comes from the image header (:mod:`fkp.safety.image_header`, the reader
+``fkp predict`` uses too), so a "decompression bomb" -- a few kilobytes that decode to
+gigabytes -- is refused before a single pixel is decoded. Every refusal is a
+:class:`RequestError`: an HTTP status, a short machine code and a one-line message saying
+what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from fkp.safety.image_header import ImageHeader, NotAnImage, read_image_header
+from fkp.serving.photos import to_gray
+
+#: Formats accepted, as Pillow names them.
+ACCEPTED_FORMATS = ("JPEG", "PNG")
+
+
+class RequestError(Exception):
+    """A request the API refuses: answered as ``{"error": {"code", "message"}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upload limits of one server (``fkp serve --max-body-mb/--max-megapixels/--max-faces``)."""
+
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_faces: int = 10
+
+
+def read_header(data: bytes, limits: Limits) -> ImageHeader:
+    """Format and size of an uploaded image from its header alone; refuses what breaks ``limits``."""
+    if not data:
+        raise RequestError(400, "empty_body", "the request has no image: send a JPEG or PNG photo")
+    try:
+        header = read_image_header(data)
+    except NotAnImage:
+        raise RequestError(
+            415, "unsupported_image", "the body is not a JPEG or PNG image: send a .jpg or .png photo"
+        ) from None
+    if header.pixels > limits.max_pixels:
+        raise RequestError(
+            413,
+            "too_many_pixels",
+            f"the image has {header.describe()}; the limit is {limits.max_pixels / 1e6:g} megapixels: "
+            "send a smaller one",
+        )
+    if header.format not in ACCEPTED_FORMATS:
+        raise RequestError(
+            415,
+            "unsupported_image",
+            f"the image is {header.format}, not JPEG or PNG: convert it to .jpg or .png",
+        )
+    return header
+
+
+def decode_gray(data: bytes, header: ImageHeader) -> np.ndarray:
+    """8-bit gray pixels (EXIF rotation applied) of an image whose header passed :func:`read_header`."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise RequestError(
+            400, "corrupt_image", f"the {header.format} image cannot be decoded (truncated or corrupt)"
+        )
+    return to_gray(image)  # decoded as `fkp predict` decodes a file, so both give the same keypoints
+
+
+def too_large(limits: Limits) -> RequestError:
+    """The refusal of a body over ``limits.max_body_bytes``."""
+    mb = limits.max_body_bytes / (1024 * 1024)
+    return RequestError(413, "body_too_large", f"the request body is over {mb:g} MB: send a smaller photo")

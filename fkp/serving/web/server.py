@@ -1,0 +1,46 @@
+"""Run the app under uvicorn: load the model first, then listen (127.0.0.1 by default).
+
+The model is loaded before the port opens, so a wrong ``--model`` fails at once with one
+line instead of a server that answers 500. The MLflow store is the project's
+(:func:`fkp.tracking.default_tracking_uri`: ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fkp.serving.web import access_log
+from fkp.serving.web.limits import Limits
+
+DEFAULT_MODEL = "models:/facial-keypoints-cnn@champion"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+_log = logging.getLogger(__name__)
+
+
+def serve(
+    model_ref: str = DEFAULT_MODEL,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    limits: Limits | None = None,
+    poll_seconds: float = 30.0,
+    tta_flip: bool = False,
+    workers: int = 2,
+) -> None:
+    """Serve ``model_ref`` until interrupted (Ctrl-C / SIGTERM stop it cleanly)."""
+    import mlflow
+    import uvicorn
+
+    from fkp.serving.web.app import create_app
+    from fkp.serving.web.model import ModelHolder, load
+    from fkp.tracking import default_tracking_uri
+
+    mlflow.set_tracking_uri(default_tracking_uri())
+    served = load(model_ref, tta_flip=tta_flip)
+    app = create_app(ModelHolder(served), limits, workers=workers, poll_seconds=poll_seconds)
+    access_log.configure()
+    logging.getLogger("fkp.serving.web").setLevel(logging.INFO)
+    _log.info("serving %s (version %s) on http://%s:%d", model_ref, served.version, host, port)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", timeout_graceful_shutdown=5)

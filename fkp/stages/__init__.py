@@ -1,0 +1,1 @@
+"""The stage entry points that ``dvc.yaml`` runs (through the ``fkp`` command line): one module per stage."""
