@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fkp import quiet
-from fkp.orchestration.lock import LockBusyError, pipeline_lock
+from fkp.orchestration.repo_lock import PipelineBusy
 from fkp.safety.leftovers import exit_cleanly_on_signals, remove_stale
 from fkp.safety.messages import describe
 
@@ -26,11 +26,8 @@ TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
-#: the commands that are DVC stages: each runs inside the pipeline's lease
-#: (fkp.orchestration.lock.pipeline_lock)
+#: the commands that are DVC stages: run by hand, each holds DVC's repository lock (as a `dvc` command would)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
-#: seconds a pipeline step waits for another run to finish (unset: as long as it takes; 0: not at all)
-LOCK_TIMEOUT_ENV = "FKP_LOCK_TIMEOUT"
 
 
 def _params(args: argparse.Namespace):
@@ -318,18 +315,24 @@ def _show_progress() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _pipeline_lease(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """The pipeline's lease for a pipeline step, shared with the ``dvc repro`` or flow running it."""
-    if not getattr(args, "pipeline_step", False):
+def _pipeline_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """DVC's repository lock for a pipeline step run by hand, so it never writes under a running flow.
+
+    Under DVC (``DVC_STAGE`` set) the step is part of the run that holds the pipeline: nothing to take.
+    Outside a DVC repository there is no pipeline to guard.
+    """
+    if not getattr(args, "pipeline_step", False) or os.environ.get("DVC_STAGE"):
         return contextlib.nullcontext()
-    # A stage under DVC refuses at once: waiting would hold DVC's locks on its files, which the run
-    # holding the pipeline needs. Alone, a step waits for the other run to finish.
-    timeout = os.environ.get(LOCK_TIMEOUT_ENV) or ("0" if os.environ.get("DVC_STAGE") else "")
-    return pipeline_lock(
-        owner=f"fkp {args.command}",  # under DVC, the lease is the dvc process's and named after it
-        timeout=float(timeout) if timeout else None,
-        on_wait=lambda message: print(f"fkp {args.command}: {message}", file=sys.stderr, flush=True),
-    )
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    from fkp.orchestration import repo_lock
+
+    try:
+        root = Repo.find_root()
+    except NotDvcRepoError:
+        return contextlib.nullcontext()
+    return repo_lock.hold(root, owner=f"fkp {args.command}")
 
 
 #: loggers that print a traceback for an error they then raise; the one-line message says it once
@@ -359,9 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         exit_cleanly_on_signals()
     remove_stale()
     try:
-        with _pipeline_lease(args):
+        with _pipeline_lock(args):
             return args.handler(args)
-    except LockBusyError as exc:
+    except PipelineBusy as exc:
         print(f"fkp {args.command}: {exc}", file=sys.stderr)
         return 75  # EX_TEMPFAIL: try again when the other run has finished
     except BaseException as exc:

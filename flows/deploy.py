@@ -47,6 +47,8 @@ def deploy(pool: str, cron: str, name: str = DEPLOYMENT_NAME, root: Path = ROOT)
     sys.path.insert(0, str(root))
     from prefect import Flow
 
+    from fkp.orchestration import crash_detection
+
     retrain = Flow.from_source(source=str(root), entrypoint=ENTRYPOINT)
     deployment = retrain.to_deployment(
         name=name,
@@ -56,10 +58,12 @@ def deploy(pool: str, cron: str, name: str = DEPLOYMENT_NAME, root: Path = ROOT)
         tags=TAGS,
         concurrency_limit=1,
         work_pool_name=pool,
+        job_variables={"env": crash_detection.heartbeat_env()},  # a killed run is Crashed (heartbeats)
     )
     # ``apply`` rather than ``flow.deploy``: deploy first lists the pool's online workers, a request
     # prefect 3.8.8's client sends with null limit/offset, which its own server rejects (422).
     deployment_id = deployment.apply(work_pool_name=pool)
+    crash_detection.ensure_automation()
     return str(deployment_id)
 
 

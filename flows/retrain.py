@@ -8,7 +8,7 @@ agree with it afterwards. Run it from the repository root::
 
     python flows/retrain.py run                     # once; "Skipped" when DVC says nothing changed
     python flows/retrain.py run --pull --push --git-branch retrain   # the full versioned loop
-    python flows/retrain.py run --no-wait           # fail at once if another run holds the pipeline
+    python flows/retrain.py run --wait              # wait for a run holding the pipeline (default: refuse)
 
 Without a configured server each ``run`` starts a temporary local one (about 15 s) that keeps no
 history and stops with the command, even when it is killed. Schedules need a real server: start
@@ -29,11 +29,14 @@ Behaviour worth knowing:
   column) in its message and log, nothing after it runs, and the prepared data, the model and the
   champion stay as they were. Stages with ``meta.retries`` in ``dvc.yaml`` (those that talk to the
   MLflow store) are retried.
-* One run at a time, whatever started it: the flow holds the pipeline's lease
-  (:mod:`fkp.orchestration.lock`) from its
-  first step to its last, the same lease every ``fkp`` stage command takes under ``dvc repro``. A run
-  that finds it held waits, logging who holds it (``--no-wait``: fails at once). The served deployment
-  also has a Prefect concurrency limit of 1.
+* One run at a time, whatever started it: the flow holds DVC's own repository lock from its first
+  step to its last (:mod:`fkp.orchestration.repo_lock`) and runs every stage through it, so any
+  ``dvc`` command started meanwhile is refused by DVC before it touches a file. ``run`` refuses too,
+  naming the holder (``--wait``: waits for it); a scheduled run waits. The served deployment also has
+  a Prefect concurrency limit of 1.
+* A registry without a ``champion`` (a new tracking server, a deleted model) is stale too: the
+  stages that write to MLflow (``meta.mlflow: true`` in ``dvc.yaml``) run again even when DVC's own
+  state is up to date, so the first scheduled run on a new stack trains and registers.
 * ``--pull``: before checking what changed, ``git pull --ff-only`` (when the branch tracks a remote),
   ``dvc update`` of data brought in with ``dvc import`` / ``dvc import-url``, then ``dvc pull``: new
   labelled data in the remote is what makes the next scheduled run retrain.
@@ -62,8 +65,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
 from fkp import tracking
-from fkp.orchestration import pipeline, versioning
-from fkp.orchestration.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.orchestration import crash_detection, pipeline, repo_lock, versioning
 from fkp.orchestration.prefect_local import api_url
 from fkp.orchestration.run_names import run_namer
 from fkp.stages.handover import METRICS_JSON, REGISTRY_JSON, RUN_JSON
@@ -79,7 +81,19 @@ TAGS = ["fkp", "retrain", "dvc", "mlflow"]
 
 SKIPPED = "Skipped"
 SKIP_MESSAGE = "nothing changed: DVC reports every stage up to date, so nothing was retrained"
+NO_CHAMPION_MESSAGE = (
+    "the registry has no champion (a new tracking server?): the stages that write to MLflow run again"
+)
 TAG_RETRAIN_COMMIT = "fkp.retrain_commit"
+
+
+def _no_champion() -> bool:
+    """Whether the tracking server's registry lacks the ``champion`` alias (DVC cannot know that)."""
+    from fkp.params import load_params
+    from fkp.tracking.registry import champion_info
+
+    tracking.configure()
+    return champion_info(load_params().mlflow.registered_model) is None
 
 
 def _stage_env() -> dict[str, str]:
@@ -97,7 +111,8 @@ def run_stage(name: str, force: bool = False) -> State | str:
     if not force and not pipeline.is_stale(name):
         logger.info("stage '%s' is up to date (DVC): skipped", name)
         return Completed(name=SKIPPED, message=f"stage '{name}' is up to date")
-    lines = pipeline.run_stage(name, force=force, on_line=logger.info, env=_stage_env())
+    repo = repo_lock.held_repo()
+    lines = pipeline.reproduce(repo, name, force=force, on_line=logger.info, env=_stage_env())
     return f"stage '{name}' ran ({len(lines)} lines of output)"
 
 
@@ -107,23 +122,26 @@ def pull_data() -> None:
     logger = get_run_logger()
     if versioning.has_upstream():
         pipeline.run(["git", "pull", "--ff-only"], on_line=logger.info)
-    dvc = pipeline.dvc_executable()
+    # through the Repo whose lock this run holds: a `dvc` command would be refused by our own lock
+    repo = repo_lock.held_repo()
     imports = pipeline.import_targets()
     if imports:
-        pipeline.run([dvc, "update", *imports], on_line=logger.info)
+        repo.update(imports)
+        logger.info("updated %s", ", ".join(imports))
     # Data is pulled as it is: a local edit of a data file stops the run rather than being lost. Stage
     # outputs are derived: those a failed run left behind (a failed validate's reports) are put back to
     # the versions dvc.lock records; left alone, they made every later pull, and so every later run, fail.
     data = pipeline.data_files()
     if data:
-        pipeline.run([dvc, "pull", "--allow-missing", *data], on_line=logger.info)
+        logger.info("dvc pull: %s", repo.pull(data, allow_missing=True))
     stages = [stage.name for stage in pipeline.stages()]
-    pipeline.run([dvc, "pull", "--allow-missing", "--force", *stages], on_line=logger.info)
+    logger.info("dvc pull --force (stage outputs): %s", repo.pull(stages, allow_missing=True, force=True))
 
 
 @task(name="push", task_run_name="push", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def push_outputs() -> None:
-    pipeline.run([pipeline.dvc_executable(), "push"], on_line=get_run_logger().info)
+    pushed = repo_lock.held_repo().push()
+    get_run_logger().info("dvc push: %s file(s) sent to the remote", pushed)
 
 
 @task(name="commit", task_run_name="commit", cache_policy=NO_CACHE)
@@ -200,20 +218,23 @@ def retrain(
     pull: bool = False,
     push: bool = False,
     git_branch: str | None = None,
-    lock_timeout: float | None = None,
+    wait: bool = True,
 ) -> Any:
     """Run the DVC pipeline's stale stages (every stage with ``force``); say what ran.
 
-    ``lock_timeout``: seconds to wait for another run holding the pipeline (``None``: as long as it
-    takes, ``0``: fail at once). Returns a summary dict, or a *Skipped* state when nothing changed.
+    ``wait``: when another run holds the pipeline, wait for it (``False``: fail at once, naming it).
+    Returns a summary dict, or a *Skipped* state when nothing changed.
     """
     logger = get_run_logger()
     owner = f"retrain flow run {flow_run.name} ({flow_run.id})"
-    with pipeline_lock(PIPELINE_LOCK, owner=owner, timeout=lock_timeout, on_wait=logger.info):
+    with repo_lock.hold(owner=owner, wait=wait, on_wait=logger.info):
         if pull:
             pull_data()
         stages = pipeline.stages()
-        if not force and not pipeline.stale():
+        without_champion = not force and _no_champion()
+        if without_champion:
+            logger.info(NO_CHAMPION_MESSAGE)
+        elif not force and not pipeline.stale():
             logger.info(SKIP_MESSAGE)
             _publish({"skipped": [s.name for s in stages]}, SKIPPED.lower())
             return Completed(name=SKIPPED, message=SKIP_MESSAGE)
@@ -226,7 +247,8 @@ def retrain(
                 retries=stage.retries,
                 retry_delay_seconds=stage.retry_delay_seconds,
             )
-            state = task_(stage.name, force=force, return_state=True)
+            rerun = force or (without_champion and stage.mlflow)
+            state = task_(stage.name, force=rerun, return_state=True)
             if state.is_failed():
                 raise RuntimeError(state.message or f"stage '{stage.name}' failed")
             (skipped if state.name == SKIPPED else ran).append(stage.name)
@@ -261,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="retrain once")
     run.add_argument("--force", action="store_true", help="rerun every stage even if nothing changed")
-    run.add_argument("--no-wait", action="store_true", help="fail at once if another run holds the pipeline")
+    run.add_argument("--wait", action="store_true", help="wait for a run holding the pipeline to end")
     serve = sub.add_parser("serve", help="serve a deployment that retrains on a cron schedule")
     when = serve.add_mutually_exclusive_group()
     when.add_argument("--cron", default=DEFAULT_CRON, help="cron schedule (default: %(default)r)")
@@ -271,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         _options(p)
     args = parser.parse_args(argv)
     parameters = {"pull": args.pull, "push": args.push, "git_branch": args.git_branch}
+    crash_detection.enable_heartbeats()  # a killed run is then Crashed by the server's automation
     if args.command == "serve":
+        crash_detection.ensure_automation()
         schedule = {"interval": args.interval} if args.interval else {"cron": args.cron}
         retrain.serve(
             name=args.name,
@@ -283,9 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     with api_url():
-        state = retrain(
-            **parameters, force=args.force, lock_timeout=0 if args.no_wait else None, return_state=True
-        )
+        crash_detection.ensure_automation()
+        state = retrain(**parameters, force=args.force, wait=args.wait, return_state=True)
     if not state.is_completed():
         print(f"retrain ended {state.name}: {state.message}", file=sys.stderr)
         return 1

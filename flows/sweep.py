@@ -8,9 +8,9 @@ applied with ``dvc exp apply <name>`` (then ``dvc repro`` registers and predicts
 is an MLflow run tagged ``fkp.sweep=<flow run id>``, ``fkp.variant=<name>`` and ``fkp.dvc_exp=<exp>``.
 The variants are then registered one at a time, best first: the registry only moves the ``champion``
 alias on a real improvement, so it moves at most once, to the best variant if it beats the champion.
-The sweep holds the pipeline's lease (:mod:`fkp.orchestration.lock`) from start to end, like any other
-run. Run it from
-the repository root::
+The sweep takes no lock of its own: each variant's ``dvc --wait-for-lock exp run --temp`` takes DVC's
+repository lock for the moments it reads or records the workspace (so it waits while a retrain holds
+the pipeline) and trains in a temporary copy, never in the workspace. Run it from the repository root::
 
     python flows/sweep.py                                  # default grid, 2 variants at a time
     python flows/sweep.py --grid '{"impute.strategy": ["ffill", "mask"], "train.lr": [0.001, 0.0003]}'
@@ -51,8 +51,9 @@ import re
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,7 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner
 
 from fkp import tracking
 from fkp.envvars import env_var
-from fkp.orchestration import pipeline
-from fkp.orchestration.lock import PIPELINE_LOCK, pipeline_lock
+from fkp.orchestration import crash_detection, pipeline
 from fkp.orchestration.prefect_local import api_url
 from fkp.orchestration.run_names import run_namer
 from fkp.params import Params, from_dict, load_params
@@ -308,6 +308,47 @@ def _run_variants(
     return futures
 
 
+#: seconds between the sweep's progress lines (``FKP_SWEEP_PROGRESS_SECONDS`` overrides it)
+PROGRESS_SECONDS = 30.0
+PROGRESS_ENV = "FKP_SWEEP_PROGRESS_SECONDS"
+
+
+def variant_progress(sweep_id: str) -> list[str]:
+    """One line per variant that has started: its epoch, latest val RMSE and state, read from MLflow.
+
+    The variants' own output goes to their task logs (and, on a Dask cluster, to the workers' logs),
+    not to the terminal that started the sweep; their MLflow runs say where each one is, wherever it
+    runs, so the flow reads them from there.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    lines = []
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{sweep_id}'",
+    )
+    for run in sorted(runs, key=lambda r: r.data.tags.get("fkp.variant", "")):
+        history = client.get_metric_history(run.info.run_id, "val_rmse")
+        epochs = run.data.params.get("train.epochs", "?")
+        if history:
+            where = f"epoch {history[-1].step}/{epochs}, val RMSE {min(m.value for m in history):.4f} px"
+        else:
+            where = "starting"
+        lines.append(
+            f"{run.data.tags.get('fkp.variant', run.info.run_name)}: {where} ({run.info.status.lower()})"
+        )
+    return lines
+
+
+def _report_progress(sweep_id: str, done: threading.Event, say: Callable[[str], None]) -> None:
+    while not done.wait(float(os.environ.get(PROGRESS_ENV) or PROGRESS_SECONDS)):
+        with contextlib.suppress(Exception):  # progress is a courtesy: a store hiccup must not stop a sweep
+            lines = variant_progress(sweep_id)
+            if lines:
+                say("progress: " + "; ".join(lines))
+
+
 def _interrupt_local_workers() -> None:
     """SIGINT to the local worker processes: each stops its variant's ``dvc exp run`` and ends its task.
 
@@ -347,7 +388,6 @@ def sweep(
     grid: dict[str, list[Any]] | list[dict[str, Any]] | None = None,
     params_path: str = "params.yaml",
     max_parallel: int = DEFAULT_MAX_PARALLEL,
-    lock_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Run every variant of ``grid`` (default :data:`DEFAULT_GRID`) as a DVC experiment; register them.
 
@@ -362,29 +402,35 @@ def sweep(
     variants = make_variants(grid or DEFAULT_GRID, base or {})
     sweep_id = str(flow_run.id)
     root = str(Path.cwd().resolve())
-    owner = f"sweep flow run {flow_run.name} ({sweep_id})"
-    with pipeline_lock(PIPELINE_LOCK, owner=owner, timeout=lock_timeout, on_wait=logger.info):
-        targets = pipeline.metric_stages(root)
-        logger.info(
-            "sweep %s: %d variants (%s) as DVC experiments up to %s",
-            sweep_id,
-            len(variants),
-            ", ".join(v.name for v in variants),
-            ", ".join(targets),
-        )
-        env = _variant_env(sweep_id, base_params.mlflow.experiment)
+    targets = pipeline.metric_stages(root)
+    logger.info(
+        "sweep %s: %d variants (%s) as DVC experiments up to %s",
+        sweep_id,
+        len(variants),
+        ", ".join(v.name for v in variants),
+        ", ".join(targets),
+    )
+    env = _variant_env(sweep_id, base_params.mlflow.experiment)
+    done = threading.Event()
+    reporter = threading.Thread(
+        target=_report_progress, args=(sweep_id, done, logger.info), name="fkp-sweep-progress", daemon=True
+    )
+    reporter.start()
+    try:
         with _workers_report_here():
             futures = _run_variants(variants, root, targets, env, max_parallel)
-        results: dict[str, dict[str, Any]] = {}
-        failed: dict[str, str] = {}
-        for name, future in futures.items():
-            if future.state.is_completed():
-                results[name] = future.result()
-            else:
-                failed[name] = f"{future.state.name}: {future.state.message}"
-        for name in sorted(results, key=lambda n: results[n]["val_rmse"]):
-            record = register_variant(name, results[name], base_params)
-            results[name].update(version=record["version"], promoted=record["promoted"])
+    finally:
+        done.set()
+    results: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for name, future in futures.items():
+        if future.state.is_completed():
+            results[name] = future.result()
+        else:
+            failed[name] = f"{future.state.name}: {future.state.message}"
+    for name in sorted(results, key=lambda n: results[n]["val_rmse"]):
+        record = register_variant(name, results[name], base_params)
+        results[name].update(version=record["version"], promoted=record["promoted"])
     summary = {
         name: {k: entry[k] for k in ("exp", "run_id", "val_rmse", "version", "promoted", "worker")}
         for name, entry in results.items()
@@ -451,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = build_task_runner(args.task_runner, args.address, args.max_parallel)
     except (RuntimeError, ValueError) as error:
         parser.error(str(error))
+    crash_detection.enable_heartbeats()
     with api_url():
+        crash_detection.ensure_automation()
         state = run_sweep(args.grid, args.params, args.max_parallel, runner)
     if not state.is_completed():
         print(f"sweep ended {state.name}: {state.message}", file=sys.stderr)

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# flows run in this process send heartbeats as often as those the flows' commands start
+# (fkp.orchestration.crash_detection): at Prefect's default the zombie-run automation would crash them
+os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 #: Small enough that a whole pipeline (train included) runs in well under a minute on 2 cores.
 TINY_PARAMS = {

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -23,8 +24,7 @@ import yaml
 from conftest import make_project_copy, stop_group, wait_until
 from mlflow import MlflowClient
 
-from fkp.orchestration import pipeline, versioning
-from fkp.orchestration.lock import holder
+from fkp.orchestration import pipeline, repo_lock, versioning
 from fkp.orchestration.prefect_local import healthy
 from fkp.params import from_dict
 from flows import retrain as retrain_flow
@@ -70,15 +70,16 @@ def champion_version(project: Path) -> str:
     return str(client_for(project).get_model_version_by_alias(MODEL_NAME, "champion").version)
 
 
-def flow_logs(flow_run_id) -> str:
+def flow_logs(flow_run_id, containing: str | None = None) -> str:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTextSearch
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
+    text = LogFilterTextSearch(query=containing) if containing else None
     with get_client(sync_client=True) as client:
         logs = client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=0
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), text=text), limit=200, offset=0
         )
     return "\n".join(log.message for log in logs)
 
@@ -286,9 +287,7 @@ def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp
 
 
 @pytest.mark.slow
-def test_a_terminated_sweep_stops_its_trainings_and_keeps_the_lease_until_they_stopped(
-    tmp_path, prefect_api
-) -> None:
+def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api) -> None:
     # SIGTERM is how Prefect cancels a flow run and how service managers stop a command. The process
     # pool used to wait for its running variants, so a terminated sweep trained on for hours.
     import psutil
@@ -308,8 +307,6 @@ def test_a_terminated_sweep_stops_its_trainings_and_keeps_the_lease_until_they_s
             line = sweep.stdout.readline()
             assert line, "\n".join(lines[-40:])
             lines.append(line.rstrip("\n"))
-        held = holder(project / "reports/.pipeline.lock")
-        assert held is not None and held.owner.startswith("sweep flow run")
         sweep.send_signal(signal.SIGTERM)
         out, _ = sweep.communicate(timeout=180)
     finally:
@@ -329,7 +326,6 @@ def test_a_terminated_sweep_stops_its_trainings_and_keeps_the_lease_until_they_s
         except psutil.Error:
             continue
     assert left == [], left
-    assert holder(project / "reports/.pipeline.lock") is None
     assert list((project / ".dvc/tmp/exps/standalone").glob("tmp*")) == []  # DVC removed its workspace
     (run,) = experiment_runs(project)
     assert run.info.status == "FAILED"
@@ -434,6 +430,29 @@ def test_after_dvc_repro_the_retrain_is_skipped(flow_project, first_retrain) -> 
 
 
 @pytest.mark.slow
+def test_a_registry_without_a_champion_makes_the_retrain_train_and_register(
+    flow_project, first_retrain
+) -> None:
+    # a new tracking server (the team stack's first run): DVC is clean, yet nothing is registered there
+    dvc_status_is_clean(flow_project)
+    store = flow_project.parent / "new-server"
+    env = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+        "FKP_MLFLOW_ARTIFACTS": str(store / "art"),
+    }
+    store.mkdir()
+    done = sh(sys.executable, "flows/retrain.py", "run", cwd=flow_project, env=env)
+    summary = json.loads(done.stdout[done.stdout.index("{") :])
+    assert {"train", "evaluate", "register"} <= set(summary["ran"]), summary
+    assert summary["promoted"] is True, summary
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    champion = MlflowClient().get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.run_id == summary["run_id"]
+    assert "the registry has no champion" in done.stdout + done.stderr
+    dvc_status_is_clean(flow_project)
+
+
+@pytest.mark.slow
 def test_a_stage_added_to_dvc_yaml_runs_in_the_flow(flow_project, first_retrain) -> None:
     config = yaml.safe_load((flow_project / "dvc.yaml").read_text())
     config["stages"]["summary"] = {
@@ -454,7 +473,7 @@ def test_a_stage_added_to_dvc_yaml_runs_in_the_flow(flow_project, first_retrain)
 
 
 @pytest.mark.slow
-def test_a_concurrent_dvc_repro_makes_the_retrain_wait_and_each_version_keeps_its_run(
+def test_a_retrain_waits_for_a_concurrent_dvc_repro_and_each_version_keeps_its_run(
     flow_project, first_retrain
 ) -> None:
     repro = subprocess.Popen(
@@ -465,17 +484,17 @@ def test_a_concurrent_dvc_repro_makes_the_retrain_wait_and_each_version_keeps_it
         text=True,
     )
     wait_until(
-        lambda: (h := holder(flow_project / "reports/.pipeline.lock")) and h.owner == "dvc repro -f",
+        lambda: repo_lock.running_stage_commands(flow_project),
         120,
-        "dvc repro -f to take the pipeline's lease",
+        "dvc repro -f to run a stage",
         interval=0.2,
     )
-    state = retrain_flow.retrain(return_state=True)  # waits for dvc repro -f to finish
+    state = retrain_flow.retrain(wait=True, return_state=True)  # waits for dvc repro -f to finish
     output, _ = repro.communicate(timeout=600)
     assert repro.returncode == 0, output
     assert state.is_completed() and state.name == "Skipped", state.message
     logs = flow_logs(state.state_details.flow_run_id)
-    assert "is held by dvc repro -f" in logs and "waiting for it to finish" in logs
+    assert "the pipeline is busy: held by `dvc repro -f`" in logs and "waiting for it to finish" in logs
     registered = versions(flow_project)
     run_ids = [v.run_id for v in registered]
     assert len(set(run_ids)) == len(run_ids)  # no run registered twice
@@ -484,31 +503,58 @@ def test_a_concurrent_dvc_repro_makes_the_retrain_wait_and_each_version_keeps_it
     dvc_status_is_clean(flow_project)
 
 
+def _snapshot(project: Path) -> dict[str, bytes]:
+    """Every file under data/, models/ and reports/, byte for byte."""
+    return {
+        str(path.relative_to(project)): path.read_bytes()
+        for folder in ("data", "models", "reports")
+        for path in sorted((project / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
 @pytest.mark.slow
-def test_dvc_repro_refuses_while_a_retrain_holds_the_pipeline(flow_project, first_retrain) -> None:
-    lock_before = (flow_project / "dvc.lock").read_text()
-    holder_proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\nfrom fkp.orchestration.lock import pipeline_lock\n"
-            "with pipeline_lock(owner='retrain flow run brave-otter'):\n    print('held', flush=True)\n"
-            "    time.sleep(120)",
-        ],
+def test_while_a_retrain_runs_other_runs_are_refused_before_they_touch_a_file(
+    flow_project, first_retrain
+) -> None:
+    retrain = subprocess.Popen(
+        [sys.executable, "flows/retrain.py", "run", "--force"],
         cwd=flow_project,
         stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    lines: list[str] = []
+    params = (flow_project / "params.yaml").read_text()
     try:
-        assert holder_proc.stdout.readline().strip() == "held"
-        done = dvc("repro", "-f", "-s", "sample", cwd=flow_project, check=False)
+        while not any("Running stage 'train'" in line for line in lines[-5:]):
+            line = retrain.stdout.readline()
+            assert line, "\n".join(lines[-40:])
+            lines.append(line.rstrip("\n"))
+        before = _snapshot(flow_project)
+
+        forced = dvc("repro", "-f", cwd=flow_project, check=False)
+        assert forced.returncode != 0 and "Unable to acquire lock" in forced.stderr, forced.stderr
+        changed = yaml.safe_load(params)
+        changed["train"]["lr"] = changed["train"]["lr"] / 3
+        (flow_project / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        after_change = dvc("repro", cwd=flow_project, check=False)
+        (flow_project / "params.yaml").write_text(params)
+        assert after_change.returncode != 0 and "Unable to acquire lock" in after_change.stderr
+        second = sh(sys.executable, "flows/retrain.py", "run", cwd=flow_project, check=False)
+        assert second.returncode != 0
+        refusal = [line for line in second.stderr.splitlines() if "the pipeline is busy" in line]
+        assert refusal and "held by retrain flow run" in refusal[0] and "--wait" in refusal[0], second.stderr
+
+        assert _snapshot(flow_project) == before  # nothing the refused commands could have touched
+        out, _ = retrain.communicate(timeout=900)
     finally:
-        holder_proc.kill()
-        holder_proc.wait()
-    assert done.returncode != 0
-    message = [line for line in (done.stdout + done.stderr).splitlines() if "pipeline is busy" in line]
-    assert message and "retrain flow run brave-otter" in message[0] and "run again" in message[0], done.stderr
-    assert (flow_project / "dvc.lock").read_text() == lock_before
+        (flow_project / "params.yaml").write_text(params)
+        if retrain.poll() is None:
+            retrain.kill()
+            retrain.wait()
+    assert retrain.returncode == 0, "\n".join(lines[-40:]) + out[-3000:]
+    dvc_status_is_clean(flow_project)
 
 
 @pytest.mark.slow
@@ -517,10 +563,16 @@ def test_sweep_variants_are_dvc_experiments_and_mlflow_runs_with_the_same_scores
 ) -> None:
     before = client_for(flow_project).get_model_version_by_alias(MODEL_NAME, "champion")
     registered_before = len(versions(flow_project))
-    state = sweep_flow.sweep(grid={"train.lr": [0.004, 0.002]}, max_parallel=2, return_state=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(sweep_flow.PROGRESS_ENV, "2")
+        state = sweep_flow.sweep(grid={"train.lr": [0.004, 0.002]}, max_parallel=2, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     sweep_id = str(state.state_details.flow_run_id)
+    progress = [line for line in flow_logs(sweep_id, "progress").splitlines() if "progress: " in line]
+    assert any(("0.004: epoch " in line and "/" in line and " px (running)" in line) for line in progress), (
+        progress
+    )
     assert result["sweep_id"] == sweep_id and set(result["variants"]) == {"0.004", "0.002"}
 
     shown = json.loads(dvc("exp", "show", "--json", cwd=flow_project).stdout)
@@ -763,7 +815,98 @@ def test_cancelling_a_served_retrain_stops_its_training(prefect_api, tmp_path, m
         assert left == [], left
         (trained,) = experiment_runs(project)
         assert trained.info.status == "FAILED"  # ended by the training itself, not left RUNNING
-        assert holder(project / "reports/.pipeline.lock") is None
+        with repo_lock.hold(project, owner="test"):  # the pipeline is free again
+            pass
         assert task_states(run.id)["train"] in ("Crashed", "Cancelled", "Failed")
     finally:
         stop_group(serve, timeout=60)
+
+
+@pytest.mark.slow
+def test_a_killed_served_retrain_is_crashed_by_prefect_and_takes_its_commands_with_it(
+    prefect_api, tmp_path, monkeypatch
+) -> None:
+    """SIGKILL of the serving process and its flow run: nothing of ours can report or clean up.
+
+    Prefect's own mechanism must mark the run Crashed (heartbeats + the zombie-run automation), the
+    kernel must take the stage commands (parent-death signal), and the next run must start at once.
+    """
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from fkp.orchestration import crash_detection
+
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = make_project_copy(tmp_path / "project", {"train": {"epochs": 5000, "patience": 5000}})
+    name = "fkp-retrain-killed"
+
+    def serve() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "flows/retrain.py", "serve", "--cron", "0 3 1 1 *", "--name", name],
+            cwd=project,
+            stdout=(tmp_path / "serve.log").open("a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.cwd().startswith(str(project)) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    server = serve()
+    try:
+        with get_client(sync_client=True) as client:
+            wait_until(
+                lambda: any(d.name == name for d in client.read_deployments()), 120, "the served deployment"
+            )
+            assert client.read_automations_by_name(crash_detection.AUTOMATION_NAME)  # created by serve
+            run = run_deployment(f"retrain/{name}", timeout=0)
+            wait_until(
+                lambda: [r for r in experiment_runs(project) if r.info.status == "RUNNING"],
+                300,
+                "the run's training to start",
+                2,
+            )
+            time.sleep(3)  # a few epochs
+            commands = [p for p in ours() if p.pid != server.pid and os.getpgid(p.pid) != server.pid]
+            assert any("fkp train" in " ".join(p.cmdline()) for p in commands), [p.cmdline() for p in ours()]
+            os.killpg(server.pid, signal.SIGKILL)  # the serving process and the flow run's process
+            killed = time.monotonic()
+            gone, alive = psutil.wait_procs(commands, timeout=5)
+            assert alive == [], [p.cmdline() for p in alive]  # the stage commands died with the run
+
+            crashed = wait_until(
+                lambda: (r := client.read_flow_run(run.id)).state.name == "Crashed" and r,
+                180,
+                "Prefect to mark the killed run Crashed",
+                2,
+            )
+            assert time.monotonic() - killed < 150, "Crashed, but late"
+            assert "heartbeat" in (crashed.state.message or ""), crashed.state.message
+
+            params = yaml.safe_load((project / "params.yaml").read_text())
+            params["train"].update(epochs=2, patience=2)
+            (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            server.wait()
+            server = serve()  # as a service manager would restart it
+            wait_until(lambda: client.read_deployments(), 120, "the served deployment again")
+            slot = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(days=1, hours=2)
+            after = run_deployment(f"retrain/{name}", timeout=0, scheduled_time=slot)  # a slot it missed
+            final = wait_until(
+                lambda: (r := client.read_flow_run(after.id)).state.is_final() and r, 600, "the next run", 3
+            )
+        assert final.state.name == "Completed", final.state
+        assert final.name == f"retrain-sample-{slot:%Y-%m-%d-%H%M}"  # named for its slot, not its start
+        statuses = {r.info.status for r in experiment_runs(project)}
+        assert "RUNNING" not in statuses, statuses  # the killed training ended its MLflow run
+        dvc_status_is_clean(project)
+    finally:
+        stop_group(server, timeout=60)

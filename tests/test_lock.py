@@ -1,18 +1,17 @@
-"""The pipeline's locks: the registry's flock and the pipeline's lease, with real processes."""
+"""The pipeline's locks, with real processes: the registry's flock, and DVC's repository lock held for a
+whole run (a real DVC repository whose stage command runs while another `dvc repro` is tried)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from fkp.orchestration.lock import holder, pipeline_lock, process_start
 from fkp.tracking.registry_lock import LockBusyError, file_lock
 
 
@@ -54,108 +53,132 @@ def test_file_lock_waits_for_the_holder_to_finish(tmp_path) -> None:
     assert order == ["first in", "first out", "second in"]
 
 
-def _python(code: str, lock: Path, **env: str) -> subprocess.CompletedProcess:
-    header = "import sys\nfrom pathlib import Path\nfrom fkp.orchestration.lock import *\n"
-    script = header + textwrap.dedent(code)
-    return subprocess.run(
-        [sys.executable, "-c", script, str(lock)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **env},
-        check=False,
+SLOW_STAGE = (
+    "python -c \"import time; time.sleep(float(open('delay').read())); open('out.txt', 'w').write('new')\""
+)
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A real git + DVC repository with one stage whose command takes a while (``delay`` seconds)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([_dvc(), "init", "-q"], cwd=root, check=True)
+    (root / "delay").write_text("0")
+    (root / "dvc.yaml").write_text(
+        f"stages:\n  slow:\n    cmd: {json.dumps(SLOW_STAGE)}\n    deps: [delay]\n    outs: [out.txt]\n"
     )
+    subprocess.run([_dvc(), "repro", "-q"], cwd=root, check=True)
+    (root / "delay").write_text("30")
+    return root
 
 
-def test_pipeline_lease_is_shared_with_the_holders_children(tmp_path) -> None:
-    lock = tmp_path / "reports" / ".pipeline.lock"
-    with pipeline_lock(lock, owner="retrain flow run nice-otter") as lease:
-        assert lease.pid == os.getpid() and lease.start == process_start(os.getpid())
-        assert holder(lock) == lease
-        # a child process (a stage run by this run) is inside the lease
-        child = _python(
-            """
-            with pipeline_lock(Path(sys.argv[1]), owner="stage", timeout=0) as got:
-                print(got.owner)
-            """,
-            lock,
-        )
-        assert child.returncode == 0, child.stderr
-        assert child.stdout.strip() == "retrain flow run nice-otter"
-    assert holder(lock) is None  # released on exit
+def _dvc() -> str:
+    from fkp.orchestration.pipeline import dvc_executable
+
+    return dvc_executable()
 
 
-def _hold_in_subprocess(lock: Path, owner: str) -> subprocess.Popen:
+HOLDER = """
+import sys
+from fkp.orchestration import pipeline, repo_lock
+with repo_lock.hold(owner="retrain flow run brave-otter") as repo:
+    pipeline.reproduce(repo, "slow", on_line=lambda line: print(line, flush=True))
+print("done", flush=True)
+"""
+
+
+def _start_holder(root: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom fkp.orchestration.lock import pipeline_lock\n"
-            "with pipeline_lock(sys.argv[1], owner=sys.argv[2]):\n"
-            "    print('held', flush=True)\n    time.sleep(60)",
-            str(lock),
-            owner,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", HOLDER], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    assert proc.stdout.readline().strip() == "held"
+    lines = []
+    while not any("Running stage 'slow'" in line for line in lines):
+        line = proc.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
     return proc
 
 
-def test_another_run_is_refused_or_waits_naming_the_holder(tmp_path) -> None:
-    lock = tmp_path / ".pipeline.lock"
-    proc = _hold_in_subprocess(lock, "retrain flow run nice-otter")
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and ".git" not in path.parts and "tmp" not in path.parts
+    }
+
+
+def test_dvc_commands_are_refused_while_a_run_holds_the_pipeline_and_touch_nothing(repo) -> None:
+    holder = _start_holder(repo)
     try:
-        with pytest.raises(LockBusyError) as refused, pipeline_lock(lock, owner="other", timeout=0):
-            pass
-        message = str(refused.value)
-        assert "retrain flow run nice-otter" in message and f"pid {proc.pid}" in message
-        assert "run again when it has finished" in message
-        told: list[str] = []
-        threading.Timer(0.5, proc.kill).start()
-        with pipeline_lock(lock, owner="waiter", poll_seconds=0.1, on_wait=told.append) as lease:
-            assert lease.owner == "waiter"
-        assert len(told) == 1 and "nice-otter" in told[0] and "waiting" in told[0]
+        time.sleep(1)  # the stage's command is running: DVC itself would have let go of its lock here
+        before = _snapshot(repo)
+        refused = subprocess.run(
+            [_dvc(), "repro", "-f"], cwd=repo, capture_output=True, text=True, check=False
+        )
+        assert refused.returncode != 0 and "Unable to acquire lock" in refused.stderr, refused.stderr
+        checkout = subprocess.run(
+            [_dvc(), "checkout", "-f"], cwd=repo, capture_output=True, text=True, check=False
+        )
+        assert checkout.returncode != 0, checkout.stderr
+        assert _snapshot(repo) == before  # out.txt (the last output) still there, byte for byte
+
+        second = subprocess.run(
+            [sys.executable, "-c", HOLDER], cwd=repo, capture_output=True, text=True, check=False
+        )
+        assert second.returncode != 0
+        message = second.stderr.strip().splitlines()[-1]
+        assert "the pipeline is busy: held by retrain flow run brave-otter (pid" in message, second.stderr
+        assert "--wait" in message
     finally:
-        proc.kill()
-        proc.wait()
+        holder.kill()
+        holder.wait()
 
 
-def test_a_killed_holders_lease_ends_with_it(tmp_path) -> None:
-    lock = tmp_path / ".pipeline.lock"
-    proc = _hold_in_subprocess(lock, "doomed")
-    assert holder(lock).owner == "doomed"
-    proc.kill()
-    proc.wait()
-    assert holder(lock) is None  # the record is still there, but its process is gone
-    assert json.loads(lock.read_text())["owner"] == "doomed"
-    with pipeline_lock(lock, owner="next", timeout=0) as lease:
-        assert lease.owner == "next"
+def test_a_killed_run_takes_its_stage_command_with_it_and_frees_the_pipeline(repo) -> None:
+    import psutil
 
+    holder = _start_holder(repo)
+    from conftest import wait_until
 
-def test_a_stage_under_dvc_takes_the_lease_for_its_dvc_process(tmp_path) -> None:
-    """Every stage of one `dvc repro` shares one lease, which lasts until that dvc process exits."""
-    lock = tmp_path / ".pipeline.lock"
-    fake_dvc = tmp_path / "bin" / "dvc"  # stands for the dvc process: a parent named dvc
-    fake_dvc.parent.mkdir()
-    fake_dvc.write_text(
-        "#!/bin/sh\n"
-        f'"{sys.executable}" -c "from fkp.orchestration.lock import pipeline_lock\n'
-        f"with pipeline_lock('{lock}', owner='stage') as got: print(got.owner)\" && exec sleep 30\n"
+    def stage_command() -> list:
+        return [
+            p for p in psutil.Process(holder.pid).children(recursive=True) if "delay" in " ".join(p.cmdline())
+        ]
+
+    (command,) = wait_until(stage_command, 30, "the stage's command to start", interval=0.1)
+    holder.kill()  # SIGKILL: the run can clean up nothing itself
+    holder.wait()
+    psutil.wait_procs([command], timeout=5)
+    assert not command.is_running() or command.status() == psutil.STATUS_ZOMBIE
+    (repo / "delay").write_text("0")
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDER], cwd=repo, capture_output=True, text=True, timeout=120
     )
-    fake_dvc.chmod(0o755)
-    proc = subprocess.Popen(
-        [str(fake_dvc), "repro"], stdout=subprocess.PIPE, text=True, env={**os.environ, "DVC_STAGE": "train"}
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr
+    status = subprocess.run([_dvc(), "status"], cwd=repo, capture_output=True, text=True, check=True)
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_a_run_does_not_start_while_a_plain_dvc_repro_runs_a_stage(repo) -> None:
+    # `dvc repro` lets go of its lock while a command runs, but keeps the stage's files in its rwlock
+    from fkp.orchestration import repo_lock
+
+    repro = subprocess.Popen(
+        [_dvc(), "repro"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        owner = proc.stdout.readline().strip()
-        assert owner.startswith("dvc repro")
-        lease = holder(lock)
-        assert lease is not None and lease.pid == proc.pid  # the dvc process's, not the stage's
-        with pytest.raises(LockBusyError, match="dvc repro"), pipeline_lock(lock, owner="flow", timeout=0):
+        from conftest import wait_until
+
+        wait_until(
+            lambda: repo_lock.running_stage_commands(repo), 60, "dvc repro to run its stage", interval=0.2
+        )
+        with (
+            pytest.raises(repo_lock.PipelineBusy, match=r"`dvc repro` \(pid"),
+            repo_lock.hold(repo, owner="flow"),
+        ):
             pass
     finally:
-        proc.kill()
-        proc.wait()
-    assert holder(lock) is None
+        repro.kill()
+        repro.wait()

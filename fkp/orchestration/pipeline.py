@@ -2,7 +2,7 @@
 
 ``dvc.yaml`` is the one definition of the DAG. The Prefect flows do not list steps of their own:
 they ask DVC for the stages and their order (:func:`stages`), ask DVC whether a stage is stale
-(:func:`is_stale`), and run a stale stage through DVC (:func:`run_stage`: ``dvc repro --single-item``),
+(:func:`is_stale`), and run a stale stage through DVC's Python API (:func:`reproduce`, one stage at a time),
 so ``dvc.lock`` records every run whichever way it was started, and ``dvc status`` / ``dvc repro``
 agree with the flows. A stage added to ``dvc.yaml`` appears in the flows with no code change.
 
@@ -40,6 +40,7 @@ class Stage:
     cmd: str
     retries: int = 0
     retry_delay_seconds: float = 5.0
+    mlflow: bool = False  # meta.mlflow: its results live in the MLflow store (rerun against one without them)
 
 
 class StageFailed(RuntimeError):
@@ -111,9 +112,15 @@ def dvc_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
 
 
-def _repo(root: str | Path):
+def _repo(root: str | Path) -> contextlib.AbstractContextManager:
+    """The ``Repo`` this run holds DVC's lock through (:mod:`.repo_lock`), else a new one."""
     from dvc.repo import Repo
 
+    from fkp.orchestration.repo_lock import held_repo
+
+    held = held_repo()
+    if held is not None:
+        return contextlib.nullcontext(held)
     return Repo(str(root), _wait_for_lock=True)
 
 
@@ -134,6 +141,7 @@ def stages(root: str | Path = ".") -> list[Stage]:
                     cmd=stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd),
                     retries=int(meta.get("retries", 0)),
                     retry_delay_seconds=float(meta.get("retry_delay_seconds", 5.0)),
+                    mlflow=bool(meta.get("mlflow", False)),
                 )
             )
     return found
@@ -153,27 +161,77 @@ def is_stale(name: str, root: str | Path = ".") -> bool:
     return bool(stale(root, [name]))
 
 
-def run_stage(
+def reproduce(
+    repo: Any,
     name: str,
     *,
-    root: str | Path = ".",
     force: bool = False,
     on_line: Callable[[str], None] = print,
     env: dict[str, str] | None = None,
 ) -> list[str]:
-    """Run one stage through DVC (``dvc repro --single-item``), streaming its output line by line.
+    """Run stage ``name`` through ``repo`` in this process, streaming its output line by line.
 
+    ``repo`` is the one :func:`fkp.orchestration.repo_lock.hold` holds, so DVC's lock stays held
+    from stage to stage. DVC runs the stage's command with its private ``dvc.stage.run._run``, which
+    inherits our stdout and leaves the command running when the caller is interrupted; for this call
+    it is replaced by :func:`_stream` (output to ``on_line``, so to the flow run's log; the command in a
+    process group of its own that gets Ctrl-C's SIGINT when the flow is stopped; and a kernel
+    parent-death signal, so the command dies with a killed flow instead of training on unowned).
     Returns the output lines; raises :class:`StageFailed` with the end of the output when it fails.
-    DVC waits for its repository lock (``--wait-for-lock``) instead of failing when another DVC
-    command holds it for a moment.
     """
-    argv = [dvc_executable(), "--wait-for-lock", "repro", "--single-item", name]
-    if force:
-        argv.append("--force")
-    returncode, lines = _stream(argv, root=root, env=env, on_line=on_line)
-    if returncode != 0:
-        raise StageFailed(name, returncode, _failure_tail(lines))
+    import logging
+
+    import dvc.stage.run as dvc_run
+    from dvc.exceptions import DvcException
+
+    lines: list[str] = []
+    returncodes: list[int] = []
+
+    def take(line: str) -> None:
+        lines.append(line)
+        on_line(line)
+
+    def run_command(executable: str | None, cmd: str, **kwargs: Any) -> None:
+        argv = dvc_run._make_cmd(executable, cmd)
+        code, _ = _stream(
+            argv,
+            root=kwargs.get("cwd") or repo.root_dir,
+            env={**kwargs["env"], **(env or {})},
+            on_line=take,
+            die_with_parent=True,
+        )
+        returncodes.append(code)
+        if code != 0:
+            raise dvc_run.StageCmdFailedError(cmd, code)
+
+    class _Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            for line in record.getMessage().splitlines():
+                if line.strip() and not _noise(line):
+                    take(line)
+
+    dvc_logger = logging.getLogger("dvc")
+    handler, level = _Lines(logging.INFO), dvc_logger.level
+    dvc_logger.addHandler(handler)
+    dvc_logger.setLevel(logging.INFO)
+    original, dvc_run._run = dvc_run._run, run_command
+    try:
+        repo.reproduce(name, single_item=True, force=force)
+    except DvcException as exc:
+        code = returncodes[-1] if returncodes and returncodes[-1] else 1
+        raise StageFailed(name, code, _failure_tail([*lines, str(exc)])) from exc
+    finally:
+        dvc_run._run = original
+        dvc_logger.removeHandler(handler)
+        dvc_logger.setLevel(level)
     return lines
+
+
+def _noise(line: str) -> bool:
+    """DVC's hints for a person at a terminal, repeated after every stage of a run."""
+    return line.startswith(("To track the changes with git", "To enable auto staging", "Use `dvc push`")) or (
+        line.lstrip().startswith(("git add ", "dvc config core.autostage"))
+    )
 
 
 def _failure_tail(lines: Sequence[str]) -> list[str]:
@@ -209,6 +267,7 @@ def _stream(
     root: str | Path,
     env: dict[str, str] | None,
     on_line: Callable[[str], None],
+    die_with_parent: bool = False,
 ) -> tuple[int, list[str]]:
     """Run ``argv`` in a process group of its own, streaming its output; stop it as Ctrl-C would.
 
@@ -242,6 +301,7 @@ def _stream(
         errors="replace",
         bufsize=1,
         start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509 (only prctl)
     ) as process:
         assert process.stdout is not None
         if handled:
@@ -260,6 +320,19 @@ def _stream(
         _signal_group(process.pid, signal.SIGKILL)  # what outlived the command
         raise Interrupted(f"stopped by {_stopped[0]}")
     return returncode, lines
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when this process dies (``PR_SET_PDEATHSIG``).
+
+    A flow killed with SIGKILL can run no cleanup of its own; without this its stage command trained
+    on, orphaned, with the lock already free. SIGTERM, not SIGKILL: the command still ends its MLflow
+    run and removes its temporaries (``fkp``'s signal handling). A shell that ``exec``s its one command
+    (``sh -c 'fkp train'``) passes the setting on to it.
+    """
+    from fkp.orchestration.prefect_local import die_with_parent
+
+    die_with_parent()
 
 
 def _start_running(process: subprocess.Popen[str]) -> None:

@@ -363,8 +363,13 @@ def start_run(
         configure(experiment=params.mlflow.experiment)
     data_dir = Path(raw_dir) if raw_dir is not None else Path("data/raw") / params.data.source
     close_dead_runs([_configured_experiment_id])  # runs that killed processes left RUNNING
+    # a new run is born with its owner's tags: killed at any moment after this, a later start can tell
+    # its process is gone and close it (set afterwards, a run killed in between stayed RUNNING for ever)
     with mlflow.start_run(
-        run_id=run_id, run_name=None if run_id else run_name, description=description
+        run_id=run_id,
+        run_name=None if run_id else run_name,
+        description=description,
+        tags=None if run_id else owner_tags(),
     ) as run:
         resumed = run_id is not None
         if resumed:
