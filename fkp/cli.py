@@ -120,7 +120,17 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> str:
+    """``--model``, else the champion of the registered model ``params.yaml`` names."""
+    if args.model:
+        return args.model
+    from fkp.tracking.registry import champion_uri
+
+    return champion_uri(_params(args).mlflow.registered_model)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    args.model = _model(args)
     tta = _params(args).train.tta_flip
     if bool(args.images) == bool(args.data):
         print("fkp predict: give either --data DIR (test.csv) or image files, not both", file=sys.stderr)
@@ -151,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fkp.serving.web.limits import Limits
     from fkp.serving.web.server import serve
 
+    args.model = _model(args)
     limits = Limits(round(args.max_body_mb * 1024 * 1024), round(args.max_megapixels * 1e6), args.max_faces)
     tta = _params(args).train.tta_flip
     serve(args.model, host=args.host, port=args.port, limits=limits, poll_seconds=args.poll, tta_flip=tta)
@@ -284,13 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="folder with test.csv and IdLookupTable.csv")
     p.add_argument(
         "--model",
-        default="models:/facial-keypoints-cnn@champion",
-        help="a .keras file or an MLflow model URI (default: %(default)s)",
+        help="a .keras file or an MLflow model URI (default: the champion of mlflow.registered_model)",
     )
     p.add_argument("--out", type=Path, default=Path("reports/predict"))
 
     p = add("serve", cmd_serve, "web page and photo API (POST /v1/keypoints) for a model")
-    p.add_argument("--model", default="models:/facial-keypoints-cnn@champion", help="as for predict")
+    p.add_argument("--model", help="as for predict")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     p.add_argument("--poll", type=float, default=30.0, help="seconds between alias checks; 0: never")

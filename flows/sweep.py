@@ -353,7 +353,7 @@ def _interrupt_local_workers() -> None:
     """SIGINT to the local worker processes: each stops its variant's ``dvc exp run`` and ends its task.
 
     Unwinding, the process pool would wait for its running tasks, so a terminated sweep kept training
-    until every running variant ended, with the lease released under it. Workers take SIGINT as
+    until every running variant ended. Workers take SIGINT as
     :func:`fkp.orchestration.pipeline.stop_commands_on` says: a running command is stopped as Ctrl-C
     would stop it
     and its task fails without a retry; an idle worker ignores it. Workers of remote runners (Dask,

@@ -168,3 +168,17 @@ def test_imports_only_go_down_the_layers():
         if imported.startswith(forbidden)
     ]
     assert wrong == []
+
+
+def test_the_stage_handover_paths_are_the_ones_dvc_yaml_names():
+    from fkp.stages import handover
+
+    named = {
+        str(entry if isinstance(entry, str) else next(iter(entry)))
+        for stage in dvc_stages().values()
+        for kind in ("deps", "outs", "metrics", "plots")
+        for entry in stage.get(kind, [])
+    }
+    paths = [value for name, value in vars(handover).items() if name.isupper() and isinstance(value, Path)]
+    unnamed = [str(p) for p in paths if not any(n == str(p) or n.startswith(f"{p}/") for n in named)]
+    assert paths and unnamed == []

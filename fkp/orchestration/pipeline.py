@@ -277,7 +277,7 @@ def _stream(
     its stage command stop (a training ends its MLflow run) and removes its temporary workspace. The
     rest of the output is still streamed; the group is killed if it is not gone after
     :data:`INTERRUPT_GRACE_S` seconds or at a second interruption, and the interruption is re-raised
-    only then, so a caller holding the pipeline lease releases it when nothing of the command is left.
+    only then, so a caller holding the pipeline lock releases it when nothing of the command is left.
     The signal of :func:`stop_commands_on` stops the command the same way.
     """
     global _running

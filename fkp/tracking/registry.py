@@ -51,6 +51,11 @@ class PromotionDecision:
         return asdict(self)
 
 
+def champion_uri(name: str = DEFAULT_MODEL_NAME) -> str:
+    """The MLflow URI of ``name``'s champion (``models:/<name>@champion``), the default model to serve."""
+    return f"models:/{name}@{CHAMPION_ALIAS}"
+
+
 def _float_or_none(text: str | None) -> float | None:
     try:
         value = float(text) if text is not None else None

@@ -11,8 +11,9 @@ import logging
 
 from fkp.serving.web import access_log
 from fkp.serving.web.limits import Limits
+from fkp.tracking.registry import champion_uri
 
-DEFAULT_MODEL = "models:/facial-keypoints-cnn@champion"
+DEFAULT_MODEL = champion_uri()
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
