@@ -337,6 +337,50 @@ def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api) -> None:
         assert client.read_flow_run(flow_run_id).state.name == "Crashed"
 
 
+@pytest.mark.slow
+def test_a_killed_sweep_takes_its_variants_with_it(tmp_path, prefect_api) -> None:
+    # SIGKILL: the flow can stop nothing itself; its pool workers get SIGINT from the kernel
+    import psutil
+
+    project = make_project_copy(tmp_path / "project")
+    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
+    sweep = subprocess.Popen(
+        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.cwd().startswith(str(project)) and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    try:
+        while not any("epoch   3/5000" in line for line in lines[-3:]):
+            line = sweep.stdout.readline()
+            assert line, "\n".join(lines[-40:])
+            lines.append(line.rstrip("\n"))
+        sweep.kill()
+        sweep.wait()
+        _, alive = psutil.wait_procs(ours(), timeout=pipeline.INTERRUPT_GRACE_S + 15)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        for proc in ours():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    (run,) = experiment_runs(project)
+    assert run.info.status == "FAILED"  # the training was stopped as on Ctrl-C, not left RUNNING
+    assert list((project / ".dvc/tmp/exps/standalone").glob("tmp*")) == []  # DVC removed its workspace
+
+
 # --------------------------------------------------------------------------- retrain on one project
 
 

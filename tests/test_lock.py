@@ -131,6 +131,20 @@ def test_dvc_commands_are_refused_while_a_run_holds_the_pipeline_and_touch_nothi
         message = second.stderr.strip().splitlines()[-1]
         assert "the pipeline is busy: held by retrain flow run brave-otter (pid" in message, second.stderr
         assert "--wait" in message
+
+        fkp = Path(sys.executable).parent / "fkp"  # a pipeline step run by hand takes the same lock
+        by_hand = subprocess.run(
+            [str(fkp), "sample", "--out", "data/raw/sample", "--n-train", "4", "--n-test", "2"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert by_hand.returncode == 75, by_hand.stderr
+        assert by_hand.stderr.startswith(
+            "fkp sample: the pipeline is busy: held by retrain flow run brave-otter"
+        )
+        assert not (repo / "data").exists()
     finally:
         holder.kill()
         holder.wait()

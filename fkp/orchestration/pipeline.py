@@ -84,6 +84,11 @@ def stop_commands_on(signum: int = signal.SIGINT) -> None:
     global _handling
     signal.signal(signum, _interrupt_command)
     _handling = signum
+    # A worker whose parent (the flow) is killed gets the same signal from the kernel: its command is
+    # stopped as on Ctrl-C instead of training on, orphaned. The pool itself offers no such thing.
+    from fkp.orchestration.prefect_local import die_with_parent
+
+    die_with_parent(signum)
 
 
 def _interrupt_command(signum: int, frame: object) -> None:

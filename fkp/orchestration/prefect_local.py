@@ -25,10 +25,15 @@ PR_SET_PDEATHSIG = 1
 STARTUP_TIMEOUT = 120.0
 
 
-def die_with_parent() -> None:
-    """For ``preexec_fn`` (runs in the child between fork and exec): SIGTERM it when its parent dies."""
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the kernel send this process ``signum`` when its parent dies (``PR_SET_PDEATHSIG``).
+
+    For ``preexec_fn`` (runs in the child between fork and exec; kept across exec), or called by a
+    worker process itself. The parent is the thread that started the process: start it from one that
+    lives as long as the parent does.
+    """
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _free_port() -> int:
