@@ -62,6 +62,8 @@ _running: subprocess.Popen[str] | None = None
 _stopped: tuple[str, float] | None = None
 #: the signal :func:`stop_commands_on` made the handler of in this process, if it did
 _handling: int | None = None
+#: the pid of this worker's parent when :func:`stop_commands_on` ran (the flow)
+_parent: int | None = None
 
 
 def stop_commands_on(signum: int = signal.SIGINT) -> None:
@@ -81,9 +83,9 @@ def stop_commands_on(signum: int = signal.SIGINT) -> None:
     first one's cleanup short. This also undoes an inherited "ignore SIGINT" (processes started with
     ``&`` in a script).
     """
-    global _handling
+    global _handling, _parent
     signal.signal(signum, _interrupt_command)
-    _handling = signum
+    _handling, _parent = signum, os.getppid()
     # A worker whose parent (the flow) is killed gets the same signal from the kernel: its command is
     # stopped as on Ctrl-C instead of training on, orphaned. The pool itself offers no such thing.
     from fkp.orchestration.prefect_local import die_with_parent
@@ -99,6 +101,13 @@ def _interrupt_command(signum: int, frame: object) -> None:
     command = _running
     if command is not None:
         _signal_group(command.pid, signal.SIGINT)
+    elif _orphaned():
+        os._exit(128 + signum)  # an idle worker of a killed flow: nothing to stop, no one to serve
+
+
+def _orphaned() -> bool:
+    """Whether the process that started this worker has died (the kernel re-parented us)."""
+    return _parent is not None and os.getppid() != _parent
 
 
 def _kill_when_overdue(process: subprocess.Popen[str]) -> None:
@@ -323,6 +332,8 @@ def _stream(
         returncode = process.wait()
     if handled and _stopped is not None:
         _signal_group(process.pid, signal.SIGKILL)  # what outlived the command
+        if _orphaned():  # the flow was killed: no one to report to, and the pool would never end us
+            os._exit(128 + signal.Signals[_stopped[0]].value)
         raise Interrupted(f"stopped by {_stopped[0]}")
     return returncode, lines
 
