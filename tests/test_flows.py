@@ -71,16 +71,23 @@ def champion_version(project: Path) -> str:
 
 
 def flow_logs(flow_run_id, containing: str | None = None) -> str:
+    """The run's log lines (its tasks' included); only those with ``containing`` when given."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTextSearch
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
-    text = LogFilterTextSearch(query=containing) if containing else None
+    logs: list = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), text=text), limit=200, offset=0
-        )
+        while True:  # pages of 200, the server's most
+            page = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(logs)
+            )
+            logs += page
+            if len(page) < 200 or containing is None:
+                break
+    if containing is not None:
+        logs = [log for log in logs if containing in log.message]
     return "\n".join(log.message for log in logs)
 
 
@@ -287,11 +294,12 @@ def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp
 
 
 @pytest.mark.slow
-def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api) -> None:
+def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api, monkeypatch) -> None:
     # SIGTERM is how Prefect cancels a flow run and how service managers stop a command. The process
     # pool used to wait for its running variants, so a terminated sweep trained on for hours.
     import psutil
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of earlier tests
     project = make_project_copy(tmp_path / "project")
     grid = '{"train.epochs": [5000], "train.patience": [5000]}'
     sweep = subprocess.Popen(
@@ -338,9 +346,11 @@ def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_takes_its_variants_with_it(tmp_path, prefect_api) -> None:
+def test_a_killed_sweep_takes_its_variants_with_it(tmp_path, prefect_api, monkeypatch) -> None:
     # SIGKILL: the flow can stop nothing itself; its pool workers get SIGINT from the kernel
     import psutil
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of earlier tests
 
     project = make_project_copy(tmp_path / "project")
     grid = '{"train.epochs": [5000], "train.patience": [5000]}'

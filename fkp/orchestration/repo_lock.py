@@ -87,7 +87,21 @@ def describe_holder(root: str | Path = ".") -> str:
     running = running_stage_commands(root)
     if running:
         return ", ".join(f"`{cmd}` (pid {pid})" for pid, cmd in running)
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((root / ".dvc/tmp/lock").read_text().split()[0])  # zc.lockfile writes its holder's pid
+        if pid != os.getpid() and _alive(pid):
+            return f"`{_command_of(pid)}` (pid {pid})"
     return "another dvc command"
+
+
+def _command_of(pid: int) -> str:
+    """``dvc repro -f`` for a process run as ``/path/to/venv/bin/dvc repro -f``; ``dvc`` if unreadable."""
+    try:
+        argv = [part for part in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0") if part]
+    except OSError:
+        return "dvc"
+    at = next((i for i, part in enumerate(argv) if Path(part).name == "dvc"), None)
+    return " ".join(["dvc", *argv[at + 1 :]]) if at is not None else " ".join(argv)
 
 
 def running_stage_commands(root: str | Path = ".") -> list[tuple[int, str]]:
@@ -108,9 +122,7 @@ def running_stage_commands(root: str | Path = ".") -> list[tuple[int, str]]:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     pid = int(info["pid"])
                     if pid != os.getpid() and _alive(pid):
-                        command = str(info.get("cmd", "dvc")).split(" ", 1)
-                        command[0] = Path(command[0]).name  # /path/to/venv/bin/dvc -> dvc
-                        found[pid] = " ".join(command)
+                        found[pid] = _command_of(pid)
     return sorted(found.items())
 
 
