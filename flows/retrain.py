@@ -306,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             tags=TAGS,
         )
         return 0
+    if not args.wait and (message := repo_lock.busy()):  # one line, before a server or a run is started
+        print(f"retrain: {message}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL, as fkp's steps: try again when the other run has finished
     with api_url():
         crash_detection.ensure_automation()
         state = retrain(**parameters, force=args.force, wait=args.wait, return_state=True)

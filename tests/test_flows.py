@@ -596,9 +596,10 @@ def test_while_a_retrain_runs_other_runs_are_refused_before_they_touch_a_file(
         (flow_project / "params.yaml").write_text(params)
         assert after_change.returncode != 0 and "Unable to acquire lock" in after_change.stderr
         second = sh(sys.executable, "flows/retrain.py", "run", cwd=flow_project, check=False)
-        assert second.returncode != 0
-        refusal = [line for line in second.stderr.splitlines() if "the pipeline is busy" in line]
-        assert refusal and "held by retrain flow run" in refusal[0] and "--wait" in refusal[0], second.stderr
+        assert second.returncode == 75, second.stderr
+        (refusal,) = second.stderr.strip().splitlines()  # one line, no traceback, no server started
+        assert refusal.startswith("retrain: the pipeline is busy: held by retrain flow run"), refusal
+        assert "--wait" in refusal
 
         assert _snapshot(flow_project) == before  # nothing the refused commands could have touched
         out, _ = retrain.communicate(timeout=900)

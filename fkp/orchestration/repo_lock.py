@@ -143,6 +143,21 @@ def _try_lock(repo: Repo) -> bool:
     return True
 
 
+def busy(root: str | Path = ".") -> str | None:
+    """The message :func:`hold` would refuse with now, or ``None`` when the pipeline is free.
+
+    For commands that should refuse in one line before they start anything (a Prefect server, a
+    flow run); the lock is taken for a moment and let go, so :func:`hold` still decides.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        if not _try_lock(repo):
+            return busy_message(repo.root_dir)
+        repo.lock.unlock()
+    return None
+
+
 @contextlib.contextmanager
 def hold(
     root: str | Path = ".",
