@@ -22,6 +22,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # (fkp.orchestration.crash_detection): at Prefect's default the zombie-run automation would crash them
 os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
+# `import dvc` binds DVC's log handlers to sys.stdout/stderr as they are then: imported first inside a
+# test using capsys (an in-process `fkp` step takes DVC's lock), they would write to that test's
+# capture after it closed, and DVC's handler raises then
+import dvc  # noqa: E402, F401
+
 #: Small enough that a whole pipeline (train included) runs in well under a minute on 2 cores.
 TINY_PARAMS = {
     "sample": {"n_train": 96, "n_test": 12, "seed": 1},

@@ -224,19 +224,28 @@ def reproduce(
                 if line.strip() and not _noise(line):
                     take(line)
 
+    # DVC's messages go to the run's log, and only there: a handler that DVC's own CLI set up in this
+    # process earlier (an in-process `dvc add`) may write to a stream that is gone since, and DVC's
+    # handler raises then, failing the stage.
     dvc_logger = logging.getLogger("dvc")
-    handler, level = _Lines(logging.INFO), dvc_logger.level
-    dvc_logger.addHandler(handler)
+    saved = dvc_logger.handlers[:], dvc_logger.level, dvc_logger.propagate
+    dvc_logger.handlers = [_Lines(logging.INFO)]
     dvc_logger.setLevel(logging.INFO)
+    dvc_logger.propagate = False
     original, dvc_run._run = dvc_run._run, run_command
     try:
         repo.reproduce(name, single_item=True, force=force)
     except DvcException as exc:
         code = returncodes[-1] if returncodes and returncodes[-1] else 1
-        raise StageFailed(name, code, _failure_tail([*lines, str(exc)])) from exc
+        causes = [str(exc)]
+        cause = exc.__cause__
+        while cause is not None:  # DVC's "failed to reproduce" wraps what went wrong
+            causes.append(str(cause))
+            cause = cause.__cause__
+        raise StageFailed(name, code, _failure_tail([*lines, *causes])) from exc
     finally:
         dvc_run._run = original
-        dvc_logger.removeHandler(handler)
+        dvc_logger.handlers, level, dvc_logger.propagate = saved[0], saved[1], saved[2]
         dvc_logger.setLevel(level)
     return lines
 
