@@ -499,8 +499,8 @@ def test_a_registry_without_a_champion_makes_the_retrain_train_and_register(
     summary = json.loads(done.stdout[done.stdout.index("{") :])
     assert {"train", "evaluate", "register"} <= set(summary["ran"]), summary
     assert summary["promoted"] is True, summary
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    champion = MlflowClient().get_model_version_by_alias(MODEL_NAME, "champion")
+    # a client of its own: mlflow.set_tracking_uri would also set MLFLOW_TRACKING_URI for later tests
+    champion = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(MODEL_NAME, "champion")
     assert champion.run_id == summary["run_id"]
     assert "the registry has no champion" in done.stdout + done.stderr
     dvc_status_is_clean(flow_project)
