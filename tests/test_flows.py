@@ -293,6 +293,26 @@ def test_a_sweep_without_a_configured_server_reports_to_one_temporary_server(tmp
     assert "Task run '0.004' - Reproducing experiment" in output, output[-3000:]
 
 
+def _start_long_sweep(project: Path) -> subprocess.Popen:
+    """A sweep of one variant that would train for ever, its output readable line by line."""
+    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
+    return subprocess.Popen(
+        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> None:
+    """Read ``proc``'s output into ``lines`` until a line has ``marker``; fail with the tail if it ends."""
+    while not any(marker in line for line in lines[-3:]):
+        line = proc.stdout.readline()
+        assert line, "\n".join(lines[-40:])
+        lines.append(line.rstrip("\n"))
+
+
 @pytest.mark.slow
 def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api, monkeypatch) -> None:
     # SIGTERM is how Prefect cancels a flow run and how service managers stop a command. The process
@@ -301,20 +321,10 @@ def test_a_terminated_sweep_stops_its_trainings(tmp_path, prefect_api, monkeypat
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of earlier tests
     project = make_project_copy(tmp_path / "project")
-    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
-    sweep = subprocess.Popen(
-        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep = _start_long_sweep(project)
     lines: list[str] = []
     try:
-        while not any("epoch   3/5000" in line for line in lines[-3:]):
-            line = sweep.stdout.readline()
-            assert line, "\n".join(lines[-40:])
-            lines.append(line.rstrip("\n"))
+        _read_until(sweep, "epoch   3/5000", lines)
         sweep.send_signal(signal.SIGTERM)
         out, _ = sweep.communicate(timeout=180)
     finally:
@@ -353,14 +363,7 @@ def test_a_killed_sweep_takes_its_variants_with_it(tmp_path, prefect_api, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri of earlier tests
 
     project = make_project_copy(tmp_path / "project")
-    grid = '{"train.epochs": [5000], "train.patience": [5000]}'
-    sweep = subprocess.Popen(
-        [sys.executable, "flows/sweep.py", "--grid", grid, "--max-parallel", "1"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep = _start_long_sweep(project)
     lines: list[str] = []
 
     def ours() -> list[psutil.Process]:
@@ -374,10 +377,7 @@ def test_a_killed_sweep_takes_its_variants_with_it(tmp_path, prefect_api, monkey
         return found
 
     try:
-        while not any("epoch   3/5000" in line for line in lines[-3:]):
-            line = sweep.stdout.readline()
-            assert line, "\n".join(lines[-40:])
-            lines.append(line.rstrip("\n"))
+        _read_until(sweep, "epoch   3/5000", lines)
         sweep.kill()
         sweep.wait()
         _, alive = psutil.wait_procs(ours(), timeout=pipeline.INTERRUPT_GRACE_S + 15)
