@@ -894,6 +894,7 @@ def test_a_killed_served_retrain_is_crashed_by_prefect_and_takes_its_commands_wi
 
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SHELL", "/bin/sh")  # as in CI: DVC's shell then is dash, which forks its command
     project = make_project_copy(tmp_path / "project", {"train": {"epochs": 5000, "patience": 5000}})
     name = "fkp-retrain-killed"
 

@@ -4,6 +4,7 @@ whole run (a real DVC repository whose stage command runs while another `dvc rep
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -53,9 +54,9 @@ def test_file_lock_waits_for_the_holder_to_finish(tmp_path) -> None:
     assert order == ["first in", "first out", "second in"]
 
 
-SLOW_STAGE = (
-    "python -c \"import time; time.sleep(float(open('delay').read())); open('out.txt', 'w').write('new')\""
-)
+#: a stage command written as users write theirs (one plain command); ``delay`` is in its name
+SLOW_STAGE = "python slow_delay.py"
+SLOW_SCRIPT = "import time\ntime.sleep(float(open('delay').read()))\nopen('out.txt', 'w').write('new')\n"
 
 
 @pytest.fixture
@@ -66,8 +67,10 @@ def repo(tmp_path) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([_dvc(), "init", "-q"], cwd=root, check=True)
     (root / "delay").write_text("0")
+    (root / "slow_delay.py").write_text(SLOW_SCRIPT)
     (root / "dvc.yaml").write_text(
-        f"stages:\n  slow:\n    cmd: {json.dumps(SLOW_STAGE)}\n    deps: [delay]\n    outs: [out.txt]\n"
+        f"stages:\n  slow:\n    cmd: {json.dumps(SLOW_STAGE)}\n"
+        "    deps: [delay, slow_delay.py]\n    outs: [out.txt]\n"
     )
     subprocess.run([_dvc(), "repro", "-q"], cwd=root, check=True)
     (root / "delay").write_text("30")
@@ -90,8 +93,15 @@ print("done", flush=True)
 
 
 def _start_holder(root: Path) -> subprocess.Popen:
+    # DVC runs commands with $SHELL, else /bin/sh: on Debian dash, which forks its command rather than
+    # exec-ing it (a parent-death signal set on the shell would not reach the command)
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-c", HOLDER],
+        cwd=root,
+        env={**os.environ, "SHELL": "/bin/sh"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines = []
     while not any("Running stage 'slow'" in line for line in lines):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -206,7 +207,7 @@ def reproduce(
         on_line(line)
 
     def run_command(executable: str | None, cmd: str, **kwargs: Any) -> None:
-        argv = dvc_run._make_cmd(executable, cmd)
+        argv = _plain_argv(cmd) or dvc_run._make_cmd(executable, cmd)
         code, _ = _stream(
             argv,
             root=kwargs.get("cwd") or repo.root_dir,
@@ -284,6 +285,23 @@ def run(
     return lines
 
 
+#: a command made only of these characters means the same with or without a shell
+_PLAIN_COMMAND = re.compile(r"[\w@%+=:,./ -]+")
+
+
+def _plain_argv(cmd: str) -> list[str] | None:
+    """``cmd`` split into its words when it is one plain command (no quoting, variables, globs, pipes).
+
+    Such a command is run without DVC's ``$SHELL -c``: a shell that forks its command instead of
+    ``exec``-ing it (dash, ``/bin/sh`` on Debian, when ``SHELL`` is unset) would take the parent-death
+    signal itself and leave the command orphaned. Anything else still goes through the shell, as DVC
+    runs it.
+    """
+    if "\n" in cmd or not _PLAIN_COMMAND.fullmatch(cmd.strip()):
+        return None
+    return cmd.split()
+
+
 def _stream(
     argv: Sequence[str],
     *,
@@ -352,8 +370,8 @@ def _die_with_parent() -> None:
 
     A flow killed with SIGKILL can run no cleanup of its own; without this its stage command trained
     on, orphaned, with the lock already free. SIGTERM, not SIGKILL: the command still ends its MLflow
-    run and removes its temporaries (``fkp``'s signal handling). A shell that ``exec``s its one command
-    (``sh -c 'fkp train'``) passes the setting on to it.
+    run and removes its temporaries (``fkp``'s signal handling). The setting survives ``exec`` but not
+    ``fork``: hence plain commands run without a shell (:func:`_plain_argv`).
     """
     from fkp.orchestration.prefect_local import die_with_parent
 
