@@ -162,7 +162,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fkp.serving.web.server import serve
 
     args.model = _model(args)
-    limits = Limits(round(args.max_body_mb * 1024 * 1024), round(args.max_megapixels * 1e6), args.max_faces)
+    limits = Limits(
+        round(args.max_body_mb * 1024 * 1024),
+        round(args.max_megapixels * 1e6),
+        args.max_faces,
+        args.body_timeout,
+    )
     tta = _params(args).train.tta_flip
     serve(args.model, host=args.host, port=args.port, limits=limits, poll_seconds=args.poll, tta_flip=tta)
     return 0
@@ -307,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload (default: %(default)s)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo (default: %(default)s)")
     p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
+    p.add_argument(
+        "--body-timeout", type=float, default=10.0, help="seconds an upload may stall (default: %(default)s)"
+    )
 
     p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")
     from fkp.orchestration.stack.cli import add_arguments
