@@ -26,6 +26,13 @@ TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: printed by ``fkp --help``: scripts and schedulers branch on these
+EXIT_CODES = (
+    "exit codes: 0 done; 1 bad input; 2 usage or missing Kaggle credentials; 3 no face in a photo; "
+    "4 MLflow store; 5 disk or permissions; 6 fkp serve: port in use; 75 pipeline busy (another run "
+    "holds it); 128+N stopped by signal N"
+)
+
 #: the commands that are DVC stages: run by hand, each holds DVC's repository lock (as a `dvc` command would)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
 
@@ -203,7 +210,7 @@ def knobs_epilog(prefixes: tuple[str, ...]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
+        prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step.", epilog=EXIT_CODES
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     verbose_help = (

@@ -380,3 +380,6 @@ def test_a_port_in_use_is_one_line_with_its_own_exit_code(tiny_model):
         f"fkp serve: address 127.0.0.1:{port} is already in use: stop what listens there "
         "or pick another --port"
     ], output
+
+    usage = subprocess.run([sys.executable, "-m", "fkp.cli", "--help"], capture_output=True, text=True).stdout
+    assert "6 fkp serve: port in use" in " ".join(usage.split())  # documented with the other codes
