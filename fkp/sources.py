@@ -61,7 +61,7 @@ class _Staging:
         self.extracted = 0
         self.labels: dict[Path, str] = {}
 
-    def add_archive(self, archive: Path, label: str, depth: int = 0) -> None:
+    def add_archive(self, archive: Path | BinaryIO, label: str, depth: int = 0) -> None:
         """Extract (checked) the wanted entries; archives inside it are extracted too (one level)."""
         folder = Path(tempfile.mkdtemp(prefix="zip-", dir=self.root))
         nested = depth < 1  # Kaggle's download is a zip of zips
@@ -98,7 +98,7 @@ class _Staging:
             if not stat.S_ISREG(info.st_mode):
                 raise DataError(f"is {_kind(info.st_mode)}, not a regular file: refused", file=label)
             if source.suffix.lower() == ".zip":
-                self.add_archive(source, label)
+                self.add_archive(handle, label)  # the file that was checked, not its name again
                 return
             check_size(info.st_size, label, self.limits.csv_max_bytes)
             target = Path(tempfile.mkdtemp(prefix="file-", dir=self.root)) / source.name

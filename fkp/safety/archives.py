@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from fkp.errors import DataError
 
@@ -134,7 +135,7 @@ def check_members(
 
 
 def extract(
-    archive: Path, dest: Path, label: str, limits: ArchiveLimits, keep: Keep, spent: int = 0
+    archive: Path | BinaryIO, dest: Path, label: str, limits: ArchiveLimits, keep: Keep, spent: int = 0
 ) -> list[tuple[Path, str]]:
     """Check ``archive``, then extract the entries ``keep`` names into folders of their own in ``dest``.
 
