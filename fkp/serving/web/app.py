@@ -45,7 +45,10 @@ _log = logging.getLogger(__name__)
 
 
 def error_response(error: RequestError) -> JSONResponse:
-    return JSONResponse({"error": {"code": error.code, "message": error.message}}, status_code=error.status)
+    headers = {"Connection": "close"} if error.close else None
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}}, status_code=error.status, headers=headers
+    )
 
 
 # --------------------------------------------------------------------------- the request body

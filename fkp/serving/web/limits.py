@@ -24,13 +24,18 @@ ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")
 
 
 class RequestError(Exception):
-    """A request the API refuses: answered as ``{"error": {"code", "message"}}`` with ``status``."""
+    """A request the API refuses: answered as ``{"error": {"code", "message"}}`` with ``status``.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    ``close``: the answer says ``Connection: close``, so the server drops the connection at once
+    (an unread body would otherwise keep it open until uvicorn's keep-alive timeout).
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.close = close
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ def stalled(limits: Limits) -> RequestError:
         408,
         "upload_stalled",
         f"the upload sent nothing for {limits.body_timeout_s:g} s: send the photo again",
+        close=True,
     )
 
 
