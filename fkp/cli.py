@@ -320,7 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo (default: %(default)s)")
     p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
     p.add_argument(
-        "--body-timeout", type=float, default=10.0, help="seconds an upload may stall (default: %(default)s)"
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an upload may stall, or its headers take (default: %(default)s)",
     )
 
     p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")

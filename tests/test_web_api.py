@@ -351,6 +351,21 @@ def test_stalled_uploads_are_answered_408_and_let_go(server):
     assert sum(x["status"] == 408 for x in _json_lines_after(server, offset)) == 20
 
 
+def test_half_sent_headers_do_not_hold_a_connection(server):
+    start = time.monotonic()
+    stalled = [
+        socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+        for _ in range(20)
+    ]
+    for sock in stalled:
+        sock.sendall(b"POST /v1/keypoints HTTP/1.1\r\nHost: 127")
+    for sock in stalled:
+        with sock:
+            assert sock.recv(4096) == b""  # closed by the server
+    assert time.monotonic() - start < BODY_TIMEOUT_S + 4
+    assert get_json(f"{server.url}/healthz")["status"] == "ok"
+
+
 def test_a_client_that_disconnects_mid_upload_is_one_log_line(server):
     offset = len(server.log_text())
     for _ in range(3):

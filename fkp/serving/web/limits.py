@@ -42,8 +42,8 @@ class RequestError(Exception):
 class Limits:
     """Upload limits of one server (``fkp serve --max-body-mb/--max-megapixels/--max-faces/--body-timeout``).
 
-    ``body_timeout_s``: seconds an upload may send nothing before it is answered 408 (uvicorn has
-    no body timeout).
+    ``body_timeout_s``: seconds an upload may send nothing before it is answered 408, and seconds a
+    request's headers may take before the connection is closed (uvicorn has neither timeout).
     """
 
     max_body_bytes: int = 20 * 1024 * 1024

@@ -50,6 +50,7 @@ def serve(
     _log.info("serving %s (version %s) on http://%s:%d", model_ref, served.version, host, port)
     config = uvicorn.Config(
         app,
+        http=headers_within((limits or Limits()).body_timeout_s),
         host=host,
         port=port,
         access_log=False,
@@ -58,6 +59,37 @@ def serve(
         timeout_graceful_shutdown=5,
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def headers_within(seconds: float) -> type:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers take over ``seconds``.
+
+    Stands in for a header read timeout (nginx's ``client_header_timeout``), which uvicorn lacks:
+    its ``timeout_keep_alive`` is cancelled by the first byte of a request, so a client that sent
+    half a request line held its connection for ever. A request being answered is never cut.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadersWithin(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_headers()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_headers()
+
+        def _await_headers(self) -> None:
+            waiting_after = self.cycle  # None, or the request just answered
+
+            def late() -> None:
+                idle = self.cycle is None or self.cycle.response_complete
+                if self.cycle is waiting_after and idle and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(seconds, late)
+
+    return HeadersWithin
 
 
 def listen(host: str, port: int) -> socket.socket:
