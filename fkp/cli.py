@@ -26,6 +26,13 @@ TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: printed by ``fkp --help``: scripts and schedulers branch on these
+EXIT_CODES = (
+    "exit codes: 0 done; 1 bad input; 2 usage or missing Kaggle credentials; 3 no face in a photo; "
+    "4 MLflow store; 5 disk or permissions; 6 fkp serve: port in use; 75 pipeline busy (another run "
+    "holds it); 128+N stopped by signal N"
+)
+
 #: the commands that are DVC stages: run by hand, each holds DVC's repository lock (as a `dvc` command would)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
 
@@ -162,7 +169,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fkp.serving.web.server import serve
 
     args.model = _model(args)
-    limits = Limits(round(args.max_body_mb * 1024 * 1024), round(args.max_megapixels * 1e6), args.max_faces)
+    limits = Limits(
+        round(args.max_body_mb * 1024 * 1024),
+        round(args.max_megapixels * 1e6),
+        args.max_faces,
+        args.body_timeout,
+    )
     tta = _params(args).train.tta_flip
     serve(args.model, host=args.host, port=args.port, limits=limits, poll_seconds=args.poll, tta_flip=tta)
     return 0
@@ -198,7 +210,7 @@ def knobs_epilog(prefixes: tuple[str, ...]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step."
+        prog="fkp", description="fkp: facial keypoints, one subcommand per pipeline step.", epilog=EXIT_CODES
     )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     verbose_help = (
@@ -307,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest upload (default: %(default)s)")
     p.add_argument("--max-megapixels", type=float, default=40.0, help="largest photo (default: %(default)s)")
     p.add_argument("--max-faces", type=int, default=10, help="most faces per photo (default: %(default)s)")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an upload may stall, or its headers take (default: %(default)s)",
+    )
 
     p = add("stack", cmd_stack, "start, stop or check the team stack (PostgreSQL, MLflow, Prefect, Dask)")
     from fkp.orchestration.stack.cli import add_arguments

@@ -97,7 +97,7 @@ class LimitsParams:
     photo_max_pixels: int = 50_000_000  # width x height from the header, before decoding
     zip_max_members: int = 100  # entries per archive (Kaggle's zip of zips: 4 + 2)
     zip_max_member_bytes: int = 1 << 30  # uncompressed size of one entry (Kaggle's training.csv: 238 MB)
-    zip_max_total_bytes: int = 2 << 30  # uncompressed size of one archive
+    zip_max_total_bytes: int = 2 << 30  # uncompressed size of what one import extracts (all its zips)
     zip_max_ratio: float = 200.0  # uncompressed / compressed size of an entry (pixel CSVs: ~3)
     csv_max_bytes: int = 1 << 30  # one imported CSV
     serve_max_batch: int = 1024  # rows per request to the served model

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -47,37 +48,61 @@ class _Staging:
     """Files gathered from the user's folder or zip, each with the name the user knows it by.
 
     Errors name ``label`` (``~/Downloads/kaggle.zip > training.zip > training.csv``), never the
-    temporary path the file was staged at.
+    temporary path the file was staged at. Everything is checked before it is copied or
+    extracted: a folder's files must be regular files within ``csv_max_bytes``, and all archives
+    of one import share one budget of ``zip_max_total_bytes`` for the entries the import uses
+    (the other entries are never extracted).
     """
 
-    def __init__(self, root: Path, limits: ArchiveLimits) -> None:
+    def __init__(self, root: Path, limits: LimitsParams) -> None:
         self.root = root
         self.limits = limits
+        self.archive_limits = ArchiveLimits.from_params(limits)
+        self.extracted = 0
         self.labels: dict[Path, str] = {}
 
-    def add_archive(self, archive: Path, label: str, depth: int = 0) -> None:
-        """Extract (checked) into a folder of its own; archives inside it are extracted too."""
+    def add_archive(self, archive: Path | BinaryIO, label: str, depth: int = 0) -> None:
+        """Extract (checked) the wanted entries; archives inside it are extracted too (one level)."""
         folder = Path(tempfile.mkdtemp(prefix="zip-", dir=self.root))
-        for path in extract(archive, folder, label, self.limits):
-            inner = f"{label} > {path.relative_to(folder).as_posix()}"
-            if path.suffix.lower() == ".zip" and depth < 1:  # Kaggle's download is a zip of zips
+        nested = depth < 1  # Kaggle's download is a zip of zips
+
+        def keep(entry: str) -> str | None:
+            name = PurePosixPath(entry.replace("\\", "/")).name
+            if name in WANTED:
+                return name
+            return "archive.zip" if nested and name.lower().endswith(".zip") else None
+
+        for path, entry in extract(archive, folder, label, self.archive_limits, keep, self.extracted):
+            self.extracted += path.stat().st_size
+            inner = f"{label} > {entry}"
+            if path.name == "archive.zip":
                 self.add_archive(path, inner, depth + 1)
                 path.unlink()
-            elif path.name in WANTED:
+            else:
                 self.labels[path] = inner
 
     def add_file(self, source: Path, label: str) -> None:
-        """Copy one file of the user's folder (a symlink is followed; a loop or dangling link is named)."""
+        """Copy one file of the user's folder (a symlink is followed; a loop or dangling link is named).
+
+        The file is opened without blocking (a named pipe cannot hang the import) and checked on
+        the open descriptor (regular file, size) before a byte is copied, and no more than its
+        checked size is ever copied, so a file that grows meanwhile cannot fill the disk.
+        """
         try:
-            source.stat()
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as error:
             why = "symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
             raise DataError(why, file=label) from None
-        if source.suffix.lower() == ".zip":
-            self.add_archive(source, label)
-            return
-        target = Path(tempfile.mkdtemp(prefix="file-", dir=self.root)) / source.name
-        shutil.copyfile(source, target)
+        with open(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"is {_kind(info.st_mode)}, not a regular file: refused", file=label)
+            if source.suffix.lower() == ".zip":
+                self.add_archive(handle, label)  # the file that was checked, not its name again
+                return
+            check_size(info.st_size, label, self.limits.csv_max_bytes)
+            target = Path(tempfile.mkdtemp(prefix="file-", dir=self.root)) / source.name
+            _copy_at_most(handle, target, info.st_size)
         self.labels[target] = label
 
     def add_folder(self, folder: Path) -> None:
@@ -93,9 +118,27 @@ class _Staging:
         return (hits[0][1], hits[0][0]) if hits else None
 
 
-def check_csv_file(path: Path, label: str, max_bytes: int) -> None:
-    """Refuse an empty, oversized or binary CSV before pandas sees it."""
-    size = path.stat().st_size
+def _copy_at_most(source: BinaryIO, target: Path, size: int) -> None:
+    """Copy at most ``size`` bytes: what was checked is all that is copied."""
+    with target.open("wb") as sink:
+        while size > 0 and (chunk := source.read(min(size, 1 << 20))):
+            sink.write(chunk)
+            size -= len(chunk)
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in the user's words."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file"
+
+
+def check_size(size: int, label: str, max_bytes: int) -> None:
+    """Refuse an empty or oversized CSV (by its size alone, so before it is copied)."""
     if size == 0:
         raise DataError("is empty (0 bytes): download it again", file=label)
     if size > max_bytes:
@@ -103,6 +146,11 @@ def check_csv_file(path: Path, label: str, max_bytes: int) -> None:
             f"is {size:,} bytes, above the limit of {max_bytes:,} (limits.csv_max_bytes in params.yaml)",
             file=label,
         )
+
+
+def check_csv_file(path: Path, label: str, max_bytes: int) -> None:
+    """Refuse an empty, oversized or binary CSV before pandas sees it."""
+    check_size(path.stat().st_size, label, max_bytes)
     with path.open("rb") as handle:
         head = handle.read(_SNIFF_BYTES)
     if (zero := head.find(b"\0")) >= 0:
@@ -142,7 +190,7 @@ def collect_kaggle_files(
     limits = limits or LimitsParams()
     if not src.exists():
         raise DataError("no such file or folder", file=src)
-    staging = _Staging(workdir, ArchiveLimits.from_params(limits))
+    staging = _Staging(workdir, limits)
     if src.is_file():
         if src.suffix.lower() != ".zip" and not zipfile.is_zipfile(src):
             raise DataError("expected a folder of Kaggle CSVs or Kaggle's zip archive", file=src)

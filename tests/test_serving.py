@@ -228,6 +228,9 @@ def test_mlflow_models_serve_answers_invocations(champion, store, keras_model, t
             ({"dataframe_split": short}, r"^request, row 2 \(line 3\), column 'Image': .*3 pixel values"),
             ({"dataframe_split": extra}, r"^unknown column\(s\) \['Id'\]"),
             ({"dataframe_split": frame, "params": {"flip": 1}}, r"^unknown param\(s\) \['flip'\]"),
+            ({"dataframe_split": {"columns": ["X"], "data": [["a"]]}}, r"^unknown column\(s\) \['X'\]"),
+            ({"dataframe_split": {"columns": [], "data": []}}, r"^input needs an 'Image' column"),
+            ({"dataframe_records": [{"image": "1 2"}]}, r"^unknown column\(s\) \['image'\]"),
             (
                 {"dataframe_split": {**frame, "data": frame["data"] * 2}},
                 r"^6 rows in one request, above .* 4",

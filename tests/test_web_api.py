@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -22,11 +24,20 @@ import pytest
 
 from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.serving.photos import FaceCrop, extract_crop, to_gray
-from tests.web_support import drawn_photo, get_json, post, running_server, synthetic_photos, train_tiny_model
+from tests.web_support import (
+    drawn_photo,
+    free_port,
+    get_json,
+    post,
+    running_server,
+    synthetic_photos,
+    train_tiny_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY_MB = 2
 MAX_MEGAPIXELS = 5
+BODY_TIMEOUT_S = 2
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +52,7 @@ def server(tiny_model, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     args = ["--model", str(tiny_model), "--max-body-mb", str(MAX_BODY_MB)]
     args += ["--max-megapixels", str(MAX_MEGAPIXELS), "--max-faces", "4", "--poll", "0"]
+    args += ["--body-timeout", str(BODY_TIMEOUT_S)]
     with running_server(args, log, cwd=ROOT) as live:
         yield live
 
@@ -284,3 +296,106 @@ def test_a_model_that_is_not_there_is_one_line(tmp_path, model, store, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
     assert db.is_file() == store  # nothing created
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+
+def _mpo(jpeg: bytes) -> bytes:
+    """The photo as a phone writes it: an MPO file (a JPEG with a second picture appended)."""
+    from PIL import Image
+
+    first = Image.open(io.BytesIO(jpeg))
+    out = io.BytesIO()
+    first.save(out, format="MPO", save_all=True, append_images=[first.resize((64, 48))])
+    assert Image.open(io.BytesIO(out.getvalue())).format == "MPO"
+    return out.getvalue()
+
+
+def test_a_phones_mpo_jpeg_is_read_like_any_jpeg(server):
+    photo = synthetic_photos(1)[0]
+    status, answer = post(f"{server.url}/v1/keypoints", _mpo(photo.data))
+    assert status == 200, answer
+    assert answer["image"] == {"format": "MPO", "width": photo.width, "height": photo.height}
+    assert len(answer["faces"]) == 1 and len(answer["faces"][0]["keypoints"]) == 15, answer
+
+
+def _half_upload(url: str, declared: int = 200_000) -> socket.socket:
+    """A connection that sent the headers of a ``declared``-byte upload and a tenth of the body."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    head = f"POST /v1/keypoints HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+    sock.sendall(
+        f"{head}Content-Length: {declared}\r\n\r\n".encode() + b"\xff\xd8" + b"\0" * (declared // 10)
+    )
+    return sock
+
+
+def _json_lines_after(server, offset: int) -> list[dict]:
+    return [json.loads(x) for x in server.log_text()[offset:].splitlines() if x.startswith("{")]
+
+
+def test_stalled_uploads_are_answered_408_and_let_go(server):
+    offset = len(server.log_text())
+    start = time.monotonic()
+    stalled = [_half_upload(server.url) for _ in range(20)]
+    answers = []
+    for sock in stalled:
+        with sock:  # read to the end: the server closes the connection after its answer
+            answers.append(b"".join(iter(lambda s=sock: s.recv(4096), b"")).decode(errors="replace"))
+    waited = time.monotonic() - start
+    assert all(a.startswith("HTTP/1.1 408") and "upload_stalled" in a for a in answers), answers[0]
+    assert all("connection: close" in a.lower() for a in answers), answers[0]
+    assert waited < BODY_TIMEOUT_S + 4, waited  # let go after the timeout, not after keep-alive too
+    assert get_json(f"{server.url}/healthz")["status"] == "ok"
+    assert sum(x["status"] == 408 for x in _json_lines_after(server, offset)) == 20
+
+
+def test_half_sent_headers_do_not_hold_a_connection(server):
+    start = time.monotonic()
+    stalled = [
+        socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=30)
+        for _ in range(20)
+    ]
+    for sock in stalled:
+        sock.sendall(b"POST /v1/keypoints HTTP/1.1\r\nHost: 127")
+    for sock in stalled:
+        with sock:
+            assert sock.recv(4096) == b""  # closed by the server
+    assert time.monotonic() - start < BODY_TIMEOUT_S + 4
+    assert get_json(f"{server.url}/healthz")["status"] == "ok"
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(server):
+    offset = len(server.log_text())
+    for _ in range(3):
+        _half_upload(server.url).close()
+    deadline = time.monotonic() + 30
+    while sum(x["status"] == 499 for x in _json_lines_after(server, offset)) < 3:
+        assert time.monotonic() < deadline, server.log_text()[offset:]
+        time.sleep(0.2)
+    new = server.log_text()[offset:]
+    assert "Traceback" not in new and "ClientDisconnect" not in new, new
+    assert all(line.startswith("{") for line in new.splitlines() if line.strip()), new
+
+
+def test_a_port_in_use_is_one_line_with_its_own_exit_code(tiny_model):
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        done = subprocess.run(
+            [sys.executable, "-m", "fkp.cli", "serve", "--model", str(tiny_model), "--port", str(port)],
+            cwd=ROOT,
+            env={"PATH": str(Path(sys.executable).parent), "TF_CPP_MIN_LOG_LEVEL": "3"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 6, done
+    assert output == [
+        f"fkp serve: address 127.0.0.1:{port} is already in use: stop what listens there "
+        "or pick another --port"
+    ], output
+
+    usage = subprocess.run([sys.executable, "-m", "fkp.cli", "--help"], capture_output=True, text=True).stdout
+    assert "6 fkp serve: port in use" in " ".join(usage.split())  # documented with the other codes

@@ -17,6 +17,7 @@ EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
 EXIT_STORE = 4
 EXIT_SYSTEM = 5
+EXIT_PORT_IN_USE = 6
 EXIT_INTERRUPTED = 130
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -81,6 +82,10 @@ def _os_failure(error: OSError) -> Failure | None:
         return Failure(f"no space left writing {where}: free disk space and rerun", EXIT_SYSTEM)
     if error.errno in _NO_ACCESS:
         return Failure(f"permission denied on {where}: make it writable and rerun", EXIT_SYSTEM)
+    if error.errno == errno.EADDRINUSE:
+        return Failure(
+            f"{where} is already in use: stop what listens there or pick another --port", EXIT_PORT_IN_USE
+        )
     if error.errno == errno.ELOOP:
         return Failure(f"{where}: symbolic link loop", EXIT_BAD_INPUT)
     return None

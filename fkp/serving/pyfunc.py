@@ -193,9 +193,15 @@ class KeypointPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def model_signature(tta_flip: bool = True) -> ModelSignature:
-    """``Image`` string column in, 30 double columns out, optional ``tta_flip`` request parameter."""
+    """``Image`` string column in, 30 double columns out, optional ``tta_flip`` request parameter.
+
+    ``Image`` is declared optional although every request needs it: MLflow refuses a request
+    without a required column before the model is called, with a message that prints the whole
+    request; declared optional, the request reaches :meth:`KeypointPyfunc.predict`, which refuses
+    it in one line (``unknown column(s) [...]`` or ``input needs an 'Image' column``).
+    """
     return ModelSignature(
-        inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+        inputs=Schema([ColSpec("string", IMAGE_COLUMN, required=False)]),
         outputs=Schema([ColSpec("double", name) for name in COORD_COLUMNS]),
         params=ParamSchema([ParamSpec("tta_flip", "boolean", tta_flip)]),
     )

@@ -28,10 +28,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from fkp.serving.web import access_log
 from fkp.serving.web.faces import face_keypoints, find_faces
-from fkp.serving.web.limits import Limits, RequestError, decode_gray, read_header, too_large
+from fkp.serving.web.limits import Limits, RequestError, decode_gray, read_header, stalled, too_large
 from fkp.serving.web.metrics import Metrics
 from fkp.serving.web.model import ModelHolder, ServedModel
 from fkp.serving.web.page import page_html
@@ -44,10 +45,41 @@ _log = logging.getLogger(__name__)
 
 
 def error_response(error: RequestError) -> JSONResponse:
-    return JSONResponse({"error": {"code": error.code, "message": error.message}}, status_code=error.status)
+    headers = {"Connection": "close"} if error.close else None
+    return JSONResponse(
+        {"error": {"code": error.code, "message": error.message}}, status_code=error.status, headers=headers
+    )
 
 
 # --------------------------------------------------------------------------- the request body
+
+
+#: the status nginx logs for a client that closed the connection before its answer; never sent
+CLIENT_CLOSED = 499
+
+
+async def _chunks(request: Request, limits: Limits) -> AsyncIterator[bytes]:
+    """The body's chunks; 408 when one does not come within ``limits.body_timeout_s``.
+
+    This stands in for a body read timeout (nginx's ``client_body_timeout``), which uvicorn does
+    not have: its ``timeout_keep_alive`` only covers idle connections between requests, so a
+    client that stops half-way through an upload would hold its connection for ever. A client
+    that disconnects is one log line (status 499), not Starlette's traceback.
+    """
+    stream = request.stream()
+    while True:
+        try:
+            with anyio.fail_after(limits.body_timeout_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise stalled(limits) from None
+        except ClientDisconnect:
+            raise RequestError(
+                CLIENT_CLOSED, "client_disconnected", "the client closed the connection during the upload"
+            ) from None
+        yield chunk
 
 
 async def read_body(request: Request, limits: Limits) -> bytes:
@@ -56,7 +88,7 @@ async def read_body(request: Request, limits: Limits) -> bytes:
     if declared.isdigit() and int(declared) > _DRAIN_FACTOR * limits.max_body_bytes:
         raise too_large(limits)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, limits):
         size += len(chunk)
         if size > limits.max_body_bytes:
             if size > _DRAIN_FACTOR * limits.max_body_bytes:

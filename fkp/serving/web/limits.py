@@ -17,27 +17,39 @@ import numpy as np
 from fkp.safety.image_header import ImageHeader, NotAnImage, read_image_header
 from fkp.serving.photos import to_gray
 
-#: Formats accepted, as Pillow names them.
-ACCEPTED_FORMATS = ("JPEG", "PNG")
+#: Formats accepted, as Pillow names them. MPO is the JPEG that phones write with a second picture
+#: (depth map, preview) appended: the first picture is an ordinary JPEG, which is what is decoded,
+#: as ``fkp predict`` decodes the same file.
+ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")
 
 
 class RequestError(Exception):
-    """A request the API refuses: answered as ``{"error": {"code", "message"}}`` with ``status``."""
+    """A request the API refuses: answered as ``{"error": {"code", "message"}}`` with ``status``.
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    ``close``: the answer says ``Connection: close``, so the server drops the connection at once
+    (an unread body would otherwise keep it open until uvicorn's keep-alive timeout).
+    """
+
+    def __init__(self, status: int, code: str, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.close = close
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Upload limits of one server (``fkp serve --max-body-mb/--max-megapixels/--max-faces``)."""
+    """Upload limits of one server (``fkp serve --max-body-mb/--max-megapixels/--max-faces/--body-timeout``).
+
+    ``body_timeout_s``: seconds an upload may send nothing before it is answered 408, and seconds a
+    request's headers may take before the connection is closed (uvicorn has neither timeout).
+    """
 
     max_body_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_faces: int = 10
+    body_timeout_s: float = 10.0
 
 
 def read_header(data: bytes, limits: Limits) -> ImageHeader:
@@ -74,6 +86,16 @@ def decode_gray(data: bytes, header: ImageHeader) -> np.ndarray:
             400, "corrupt_image", f"the {header.format} image cannot be decoded (truncated or corrupt)"
         )
     return to_gray(image)  # decoded as `fkp predict` decodes a file, so both give the same keypoints
+
+
+def stalled(limits: Limits) -> RequestError:
+    """The refusal of an upload that sent nothing for ``limits.body_timeout_s`` seconds."""
+    return RequestError(
+        408,
+        "upload_stalled",
+        f"the upload sent nothing for {limits.body_timeout_s:g} s: send the photo again",
+        close=True,
+    )
 
 
 def too_large(limits: Limits) -> RequestError:
