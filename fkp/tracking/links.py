@@ -28,17 +28,6 @@ def _page(tracking_uri: str, route: str) -> str | None:
     return None if base is None else f"{base}/#/{route}{_TRAINING_QUERY}"
 
 
-def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
-    """The experiment's runs table."""
-    return _page(tracking_uri, f"experiments/{quote(str(experiment_id))}/runs")
-
-
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page: params, metric charts, artifacts."""
     return _page(tracking_uri, f"experiments/{quote(str(experiment_id))}/runs/{quote(run_id)}")
-
-
-def model_url(tracking_uri: str, name: str, version: str | int | None = None) -> str | None:
-    """A registered model's page, or one version's."""
-    route = f"models/{quote(name, safe='')}"
-    return _page(tracking_uri, route if version is None else f"{route}/versions/{quote(str(version))}")
