@@ -221,6 +221,42 @@ def test_a_new_upload_replaces_the_last_result(server, page, tmp_path):
     assert drawn_alpha == 0
 
 
+def test_a_late_answer_does_not_replace_a_newer_upload(server, page, tmp_path):
+    """The answer to an earlier upload that arrives after a newer one's is dropped, not shown over it."""
+    blank, face = tmp_path / "wall.png", tmp_path / "face.jpg"
+    ok, png = cv2.imencode(".png", np.full((480, 640), 200, np.uint8))
+    assert ok
+    blank.write_bytes(png.tobytes())
+    face.write_bytes(synthetic_photos(1, seed=4)[0].data)
+    held = []  # the first request is held back until the second has been answered and drawn
+
+    def hold_first(route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/v1/keypoints*", hold_first)
+    try:
+        page.evaluate("window.fkpResult = null")
+        page.set_input_files("#file", str(blank))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('finding')")
+        page.set_input_files("#file", str(face))
+        page.wait_for_selector('#view[data-points="15"]')
+        with page.expect_response("**/v1/keypoints*") as late:
+            held[0].continue_()
+        assert late.value.status == 422  # the wall's answer: no face
+        page.wait_for_timeout(1_000)  # time for the page to handle it (it must not)
+        assert page.get_attribute("#view", "data-points") == "15"
+        assert page.inner_text("#faces") == "1 shown, 1 found"
+        assert (
+            page.get_attribute("#status", "class") != "error"
+            and page.evaluate("window.fkpResult.faces.length") == 1
+        )
+    finally:
+        page.unroute("**/v1/keypoints*")
+
+
 def test_the_camera_photo_is_sent_to_the_api(server, page):
     page.evaluate("window.fkpResult = null")
     page.click("#camera")
