@@ -144,7 +144,7 @@ def test_home_experiments_and_run_open_on_training(fkp_ui: str, store, fresh_pag
     page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
     page.goto(f"{fkp_ui}/#/experiments/{experiment_id}")
     page.reload()  # a new hash alone does not reload the page, which reads the choice at start
-    page.get_by_text("Token Usage").first.wait_for()
+    page.get_by_text("Observability").first.wait_for()  # GenAI's sidebar (its first tab depends on traces)
     assert _registry_link(page).count() == 0
 
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fkp.tracking.links import TRAINING_WORKFLOW
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 #: Where MLflow's UI keeps the browser's view choice (its ``useLocalStorage`` key and version).
 WORKFLOW_STORAGE_KEY = "mlflow.workflowType_v1"
@@ -34,7 +38,7 @@ def with_training_default(index_html: str) -> str:
     return index_html.replace("<head>", "<head>" + _DEFAULT_VIEW_SCRIPT, 1)
 
 
-def create_app():
+def create_app() -> FastAPI:
     """The ASGI app uvicorn serves for ``mlflow server --app-name fkp`` (an MLflow ``mlflow.app`` plugin)."""
     from flask import Response
     from mlflow.server import app as flask_app
@@ -43,5 +47,7 @@ def create_app():
     index = Path(flask_app.static_folder) / "index.html"
     page = with_training_default(index.read_text(encoding="utf-8"))
     # MLflow's Flask app serves its page from the view "serve" ("/" under any --static-prefix)
+    if "serve" not in flask_app.view_functions:
+        raise RuntimeError("MLflow's server has no view 'serve' any more: update fkp.tracking.ui_app")
     flask_app.view_functions["serve"] = lambda: Response(page, mimetype="text/html")
     return app
