@@ -69,6 +69,7 @@ from fkp.orchestration import crash_detection, pipeline, repo_lock, versioning
 from fkp.orchestration.prefect_local import api_url
 from fkp.orchestration.run_names import run_namer
 from fkp.stages.handover import METRICS_JSON, REGISTRY_JSON, RUN_JSON
+from fkp.tracking import links
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a week of new labels, before anyone needs the model
 DEPLOYMENT_NAME = "fkp-retrain"
@@ -171,10 +172,27 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _run_url(run_id: str) -> str | None:
+    """The run's page in the tracking server's UI (training view); ``None`` for a local store."""
+    uri = tracking.default_tracking_uri()
+    if links.ui_base(uri) is None:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    except (MlflowException, OSError):  # the summary goes out without a link rather than not at all
+        return None
+    return links.run_url(uri, experiment_id, run_id)
+
+
 def _summary(ran: list[str], skipped: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {"flow_run_id": str(flow_run.id), "ran": ran, "skipped": skipped}
     if "train" in ran:
         summary["run_id"] = _read_json(RUN_JSON).get("run_id")
+        if summary["run_id"] and (url := _run_url(summary["run_id"])):
+            summary["run_url"] = url
     metrics = _read_json(METRICS_JSON)
     if "val_rmse" in metrics:
         summary["val_rmse"] = round(float(metrics["val_rmse"]), 4)
@@ -195,9 +213,7 @@ def _markdown(summary: dict[str, Any], status: str) -> str:
     if summary.get("decision"):
         lines += ["", f"**Registry:** {summary['decision']}"]
     if summary.get("run_id"):
-        uri = tracking.default_tracking_uri()
-        link = f"{uri.rstrip('/')}/#/experiments/0/runs/{summary['run_id']}" if uri.startswith("http") else ""
-        lines += ["", f"**MLflow run:** `{summary['run_id']}` {link}".rstrip()]
+        lines += ["", f"**MLflow run:** `{summary['run_id']}` {summary.get('run_url', '')}".rstrip()]
     if summary.get("commit"):
         lines += ["", f"**Committed:** `{summary['commit']}` on `{summary['branch']}`"]
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ import base64
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import CHROMIUM, require_chromium
@@ -164,6 +165,96 @@ def test_an_example_face_and_a_refusal(server, page):
     page.wait_for_selector("#status.error")
     assert "not a JPEG or PNG" in page.inner_text("#status")
     assert page.get_attribute("#view", "data-points") == "0"
+
+
+def _canvas_pixels(page, points: list[dict]) -> list[list[int]]:
+    """The RGBA value on the canvas at each of ``points`` (canvas pixels)."""
+    return page.evaluate(
+        """(points) => {
+          const ctx = document.getElementById("view").getContext("2d");
+          return points.map((p) => Array.from(ctx.getImageData(Math.floor(p.x), Math.floor(p.y), 1, 1).data));
+        }""",
+        points,
+    )
+
+
+def test_a_new_upload_replaces_the_last_result(server, page, tmp_path):
+    """After a face, a photo without one shows itself and nothing of the face; a refusal shows nothing."""
+    face = tmp_path / "face.jpg"
+    face.write_bytes(synthetic_photos(1, seed=4)[0].data)
+    page.set_input_files("#file", str(face))
+    page.wait_for_selector('#view[data-points="15"]')
+    assert page.inner_text("#faces") == "1 shown, 1 found"
+    old_points = page.evaluate("window.fkpDrawn")
+
+    blank = tmp_path / "wall.png"  # one flat grey: no face to find, and every pixel known
+    ok, png = cv2.imencode(".png", np.full((480, 640), 200, np.uint8))
+    assert ok
+    blank.write_bytes(png.tobytes())
+    page.set_input_files("#file", str(blank))
+    page.wait_for_function("window.fkpResult && window.fkpResult.error")
+    assert page.evaluate("window.fkpResult.error.code") == "no_face_found"
+    assert page.get_attribute("#status", "class") == "error"
+    assert page.inner_text("#faces") == "-"
+    assert "on the server" not in page.inner_text("#latency")
+    assert "ms in the browser" in page.inner_text("#latency")
+    assert page.get_attribute("#view", "data-points") == "0" and page.evaluate("window.fkpDrawn") == []
+    # the new photo, not the old one, fills the canvas: where the old keypoints were is flat grey now
+    assert page.evaluate("[view.width, view.height]") == [640, 480]
+    corners = [{"x": 1, "y": 1}, {"x": 638, "y": 478}]
+    for rgba in _canvas_pixels(page, old_points + corners):
+        assert all(abs(v - 200) <= 2 for v in rgba[:3]) and rgba[3] == 255, rgba
+
+    page.set_input_files("#file", str(face))
+    page.wait_for_selector('#view[data-points="15"]')
+    page.set_input_files(
+        "#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"not a png"}]
+    )
+    page.wait_for_function("window.fkpResult && window.fkpResult.error")
+    assert "not a JPEG or PNG" in page.inner_text("#status")
+    assert page.inner_text("#faces") == "-" and "on the server" not in page.inner_text("#latency")
+    # nothing the browser could show: the canvas is empty, not the last face
+    drawn_alpha = page.evaluate(
+        "Array.from(view.getContext('2d').getImageData(0, 0, view.width, view.height).data)"
+        ".filter((v, i) => i % 4 === 3 && v > 0).length"
+    )
+    assert drawn_alpha == 0
+
+
+def test_a_late_answer_does_not_replace_a_newer_upload(server, page, tmp_path):
+    """The answer to an earlier upload that arrives after a newer one's is dropped, not shown over it."""
+    blank, face = tmp_path / "wall.png", tmp_path / "face.jpg"
+    ok, png = cv2.imencode(".png", np.full((480, 640), 200, np.uint8))
+    assert ok
+    blank.write_bytes(png.tobytes())
+    face.write_bytes(synthetic_photos(1, seed=4)[0].data)
+    held = []  # the first request is held back until the second has been answered and drawn
+
+    def hold_first(route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/v1/keypoints*", hold_first)
+    try:
+        page.evaluate("window.fkpResult = null")
+        page.set_input_files("#file", str(blank))
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('finding')")
+        page.set_input_files("#file", str(face))
+        page.wait_for_selector('#view[data-points="15"]')
+        with page.expect_response("**/v1/keypoints*") as late:
+            held[0].continue_()
+        assert late.value.status == 422  # the wall's answer: no face
+        page.wait_for_timeout(1_000)  # time for the page to handle it (it must not)
+        assert page.get_attribute("#view", "data-points") == "15"
+        assert page.inner_text("#faces") == "1 shown, 1 found"
+        assert (
+            page.get_attribute("#status", "class") != "error"
+            and page.evaluate("window.fkpResult.faces.length") == 1
+        )
+    finally:
+        page.unroute("**/v1/keypoints*")
 
 
 def test_the_camera_photo_is_sent_to_the_api(server, page):

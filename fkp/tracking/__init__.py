@@ -51,7 +51,7 @@ FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 #: DVC sets these for every stage command (``dvc repro``, ``dvc exp run``): see dvc/stage/run.py
 DVC_STAGE_ENV = "DVC_STAGE"
 DVC_EXP_ENV = "DVC_EXP_NAME"
-#: MLflow's UI opens an experiment with this tag in its model-training view, not the GenAI one
+#: the experiment's kind for MLflow's UI; 3.17 ignores it (the view is the browser's: fkp.tracking.ui_app)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 

@@ -3,7 +3,8 @@
 With ``--serve-artifacts`` clients upload and download pictures and models through the server's
 HTTP API (``mlflow-artifacts:/``), so no client needs a path to, or credentials for, the artifact
 store. The backend URI (with its password) goes through the environment, not the command line, so it
-never shows in ``ps``.
+never shows in ``ps``. ``--app-name fkp`` serves MLflow's UI opening on training runs
+(:mod:`fkp.tracking.ui_app`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def service(config: StackConfig) -> Service:
         "--serve-artifacts",
         "--workers",
         "2",
+        # fkp's MLflow app (fkp.tracking.ui_app): a browser new to the UI opens on training runs, not GenAI
+        "--app-name",
+        "fkp",
     ]
     if config.host not in ("127.0.0.1", "localhost", "0.0.0.0"):
         # requests to a named host carry that name; MLflow only accepts localhost and private IPs by default
