@@ -109,30 +109,29 @@ def face_inputs(data: bytes, found: FoundFaces, crops: Sequence[FaceCrop]) -> np
 # --------------------------------------------------------------------------- I/O
 
 
-def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a PNG/JPEG/... as 8-bit BGR (EXIF rotation applied); clear error naming the file.
+_UNREADABLE = "cannot read as an image (expected a PNG, JPEG or other common format)"
 
-    The size declared in the file's header is checked against ``max_pixels`` before decoding,
-    so a small file declaring a huge picture (a decompression bomb) is refused in milliseconds.
+
+def read_photo_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes of a photo file whose header declares at most ``max_pixels``; clear error naming it.
+
+    The size declared in the file's header is checked before anything is decoded, so a small
+    file declaring a huge picture (a decompression bomb) is refused in milliseconds.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", file=path)
     check_pixel_count(path, max_pixels)
-    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    return path.read_bytes()
+
+
+def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a PNG/JPEG/... as full-size 8-bit BGR (EXIF rotation applied); clear error naming the file."""
+    data = np.frombuffer(read_photo_bytes(path, max_pixels=max_pixels), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise DataError("cannot read as an image (expected a PNG, JPEG or other common format)", file=path)
+        raise DataError(_UNREADABLE, file=path)
     return image
-
-
-def read_photo_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """The bytes of a photo file whose header declares at most ``max_pixels``; clear error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=path)
-    check_pixel_count(path, max_pixels)
-    return path.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,7 @@ def _find_face(path: Path, max_pixels: int) -> _Face:
     try:
         found = find_faces(decode_for_detection(data))
     except UndecodableImage:
-        raise DataError(
-            "cannot read as an image (expected a PNG, JPEG or other common format)", file=path
-        ) from None
+        raise DataError(_UNREADABLE, file=path) from None
     if not found.faces:
         raise NoFaceFoundError(path)
     face = found.faces[0]
