@@ -87,7 +87,9 @@ def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFac
     faces = []
     for found in detect_faces(decoded.pixels, max_side=max_side):
         detection = found.scaled(1.0 / sx, 1.0 / sy)
-        faces.append(FoundFace(detection, fit_crop(detection.landmarks, LANDMARK_NAMES)))
+        crop = fit_crop(detection.landmarks, LANDMARK_NAMES)
+        if crop.size >= 1.0:  # landmarks collapsed onto one point frame nothing
+            faces.append(FoundFace(detection, crop))
     return FoundFaces(faces, decoded)
 
 
