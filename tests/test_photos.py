@@ -8,16 +8,18 @@ import cv2
 import numpy as np
 import pytest
 
-from fkp.core.keypoints import KEYPOINT_NAMES
+from fkp.core.keypoints import KEYPOINT_NAMES, MEAN_FACE
 from fkp.errors import DataError
 from fkp.serving import photos
-from fkp.serving.photos import Box, FaceCrop, NoFaceFoundError
+from fkp.serving.align import fit_crop
+from fkp.serving.detect import LANDMARK_NAMES
+from fkp.serving.photos import FaceCrop, NoFaceFoundError
 
 
 def _draw_face(
     width: int, height: int, centre: tuple[int, int], size: int, *, bgr: bool = True
 ) -> np.ndarray:
-    """A plain drawn face (oval, brows, eyes, nose, mouth) that OpenCV's frontal-face cascade finds."""
+    """A plain drawn face (oval, brows, eyes, nose, mouth) that the face detector finds."""
     img = np.full((height, width), 200, np.uint8)
     s = size / 240
 
@@ -50,18 +52,29 @@ def test_mapping_round_trip_is_exact():
     np.testing.assert_allclose(crop.to_crop(corners), [0, 0, 96, 96], atol=1e-12)
 
 
-def test_crop_for_face_keeps_the_centre_and_scales_the_side():
-    box = Box(100, 50, 200, 200)
-    crop = photos.crop_for_face(box, scale=1.08)
-    assert crop.size == 216
-    assert abs(crop.x0 + crop.size / 2 - 200) <= 0.5 and abs(crop.y0 + crop.size / 2 - 150) <= 0.5
-    assert photos.crop_for_face(box, scale=1.0) == FaceCrop(100, 50, 200)
+def test_turned_crop_round_trips_and_its_corners_are_the_inputs_corners():
+    crop = FaceCrop(x0=120.5, y0=-40.25, size=180.0, angle=-33.0)
+    points = np.random.default_rng(1).uniform(-50, 400, size=(4, 30))
+    np.testing.assert_allclose(crop.to_photo(crop.to_crop(points)), points, rtol=0, atol=1e-9)
+    # the crop's top-right corner lies `size` photo pixels from its top-left one, turned by `angle`
+    a = np.radians(-33.0)
+    corner = [120.5 + 180 * np.cos(a), -40.25 + 180 * np.sin(a)]
+    np.testing.assert_allclose(crop.to_crop(np.array(corner)), [96, 0], atol=1e-9)
 
 
-def test_largest_box():
-    small, big = Box(0, 0, 10, 10), Box(50, 50, 30, 30)
-    assert photos.largest_box([small, big, Box(5, 5, 20, 20)]) == big
-    assert photos.largest_box([]) is None
+@pytest.mark.parametrize("angle", [0.0, 28.0, -75.0])
+def test_alignment_recovers_a_known_transform_and_maps_keypoints_back(angle):
+    """Landmarks placed by a known similarity give back that crop; its keypoints map back exactly."""
+    truth = FaceCrop(x0=211.3, y0=87.9, size=143.0, angle=angle)
+    mean_face = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES]).ravel()
+    in_photo = truth.to_photo(mean_face).reshape(15, 2)
+    landmarks = np.array([in_photo[KEYPOINT_NAMES.index(name)] for name in LANDMARK_NAMES])
+    crop = fit_crop(landmarks, LANDMARK_NAMES)
+    np.testing.assert_allclose(
+        [crop.x0, crop.y0, crop.size, crop.angle], [211.3, 87.9, 143.0, angle], atol=1e-9
+    )
+    # the model predicting the mean face on that crop puts it on the face in the photo
+    np.testing.assert_allclose(crop.to_photo(mean_face).reshape(15, 2), in_photo, atol=1e-9)
 
 
 def _blob_photo(width: int, height: int, cx: float, cy: float, sigma: float = 6.0) -> np.ndarray:
@@ -83,34 +96,46 @@ def _centroid(gray: np.ndarray) -> np.ndarray:
         (FaceCrop(250, 120, 240), (371.3, 247.8)),  # shrink (photo pixels -> fewer model pixels)
         (FaceCrop(-30, -20, 150), (40.6, 52.2)),  # reaches past the photo's top-left edges
         (FaceCrop(300, 200, 64), (331.7, 229.4)),  # enlarge
+        (FaceCrop(330, 20, 260, 35.0), (301.4, 203.1)),  # turned, shrunk
+        (FaceCrop(60.5, 400.2, 90, -60.0), (92.3, 357.6)),  # turned the other way, past the edge
     ],
 )
-def test_cut_out_pixels_and_mapped_coordinates_agree(crop, spot):
-    """A spot found in the 96x96 model input maps back to where it is in the photo."""
+@pytest.mark.parametrize("reduced", [1, 4])
+def test_cut_out_pixels_and_mapped_coordinates_agree(crop, spot, reduced):
+    """A spot found in the 96x96 model input maps back to where it is in the photo.
+
+    ``reduced``: the crop is cut from a copy of the photo that many times smaller.
+    """
     photo = _blob_photo(640, 480, *spot, sigma=6.0 * crop.size / 240)
-    face = photos.extract_crop(photo, crop)
+    if reduced > 1:
+        photo = cv2.resize(photo, (640 // reduced, 480 // reduced), interpolation=cv2.INTER_AREA)
+    face = photos.extract_crop(photo, crop, (1 / reduced, 1 / reduced))
     assert face.shape == (96, 96) and face.dtype == np.uint8
     found = crop.to_photo(_centroid(face))
-    np.testing.assert_allclose(found, spot, atol=0.15 * crop.scale)
+    np.testing.assert_allclose(found, spot, atol=0.15 * max(crop.scale, reduced))
 
 
 # --------------------------------------------------------------------------- detection and files
 
 
-def test_detects_a_drawn_face_where_it_is():
+def test_detects_a_drawn_face_and_its_eyes_where_they_are():
     gray = _draw_face(640, 480, centre=(400, 220), size=240, bgr=False)
-    boxes = photos.detect_faces(gray)
-    assert boxes, "no face detected in the drawn face"
-    box = boxes[0]
+    found = photos.detect_faces(gray)
+    assert found, "no face detected in the drawn face"
+    box, eyes = found[0].box, found[0].landmarks[:2]
     assert abs(box.x + box.w / 2 - 400) < 24 and abs(box.y + box.h / 2 - 220) < 24
-    assert 150 < box.w < 300
+    assert 120 < box.w < 300
+    # the subject's right eye on the image's left, as the Kaggle names say
+    np.testing.assert_allclose(eyes, [[370, 198], [430, 198]], atol=12)
 
 
 def test_large_photo_is_detected_on_a_shrunk_copy_in_full_size_coordinates():
     gray = _draw_face(2400, 1600, centre=(1500, 700), size=900, bgr=False)
-    box = photos.detect_faces(gray, max_side=800)[0]
+    found = photos.detect_faces(gray, max_side=800)[0]
+    box = found.box
     assert abs(box.x + box.w / 2 - 1500) < 90 and abs(box.y + box.h / 2 - 700) < 90
-    assert 550 < box.w < 1100
+    assert 450 < box.w < 1100
+    np.testing.assert_allclose(found.landmarks[:2], [[1387.5, 617.5], [1612.5, 617.5]], atol=90)
 
 
 def test_plain_photo_raises_no_face_found_and_writes_nothing(tmp_path):
@@ -178,11 +203,26 @@ def test_predict_photos_writes_json_and_overlay(tmp_path, keras_file):
 
     # the keypoints are the model's prediction on the cut-out face, mapped into the photo
     gray = photos.to_gray(photos.read_photo(path))
-    crop = FaceCrop(record["crop_box"]["x"], record["crop_box"]["y"], record["crop_box"]["size"])
+    crop = FaceCrop(**{k if k in ("size", "angle") else f"{k}0": v for k, v in record["crop_box"].items()})
     raw = predict_keypoints(load_model(keras_file), photos.extract_crop(gray, crop)[None], tta_flip=False)[0]
     got = np.array(list(record["keypoints"].values())).ravel()
-    np.testing.assert_allclose(got, crop.to_photo(raw), atol=0.01)
+    np.testing.assert_allclose(got, crop.to_photo(raw), atol=0.02)
 
     overlay = cv2.imread(str(result["overlay"]))
     assert overlay.shape == photo.shape
     assert np.abs(overlay.astype(int) - cv2.imread(str(path)).astype(int)).sum() > 0  # something drawn
+
+
+def test_big_jpeg_is_found_and_cut_from_reduced_decodes(tmp_path):
+    """A 4000x3000 JPEG: found on a 1/4 decode, its big face cut from it as from the full photo."""
+    photo = _draw_face(4000, 3000, centre=(2300, 1400), size=1500)
+    ok, jpeg = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    found = photos.find_faces(photos.decode_for_detection(jpeg.tobytes()))
+    assert found.photo_size == (4000, 3000)
+    assert found.decoded.pixels.shape == (750, 1000, 3)  # straight from the DCT, no full-size array
+    [face] = found.faces
+    assert abs(face.detection.box.x + face.detection.box.w / 2 - 2300) < 150
+    cut = photos.face_inputs(jpeg.tobytes(), found, [face.crop])[0]
+    full = photos.extract_crop(photos.to_gray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)), face.crop)
+    assert np.abs(cut.astype(int) - full.astype(int)).mean() < 2.0

@@ -20,7 +20,7 @@ import pytest
 from conftest import CHROMIUM, require_chromium
 from conftest import CHROMIUM_FLAGS as BROWSER_FLAGS
 
-from tests.web_support import post, running_server, synthetic_photos, train_tiny_model
+from tests.web_support import group_photo, post, running_server, synthetic_photos, train_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -131,6 +131,32 @@ def test_a_photo_uploaded_in_the_browser_shows_its_15_keypoints(server, page, tm
     # everything the page loaded came from the server itself (or from the page's own data)
     foreign = [u for u in page.requested if not u.startswith((server.url, "data:", "blob:"))]
     assert not foreign, foreign
+
+
+def test_a_group_photo_shows_every_face(server, page, tmp_path):
+    photo = group_photo(3)
+    path = tmp_path / "group.jpg"
+    path.write_bytes(photo.data)
+
+    page.set_input_files("#file", str(path))
+    page.wait_for_selector('#view[data-points="45"]')
+
+    status, api = post(f"{server.url}/v1/keypoints?faces=5", photo.data)
+    assert status == 200 and len(api["faces"]) == 3
+    assert json.loads(page.inner_text("#json"))["faces"] == api["faces"]
+    assert page.inner_text("#faces") == "3 shown, 3 found"
+    drawn = _drawn_colours(page)
+    scale = page.evaluate("document.getElementById('view').width") / photo.width
+    shown = [(name, xy) for face in api["faces"] for name, xy in face["keypoints"].items()]
+    for point, (name, (x, y)) in zip(drawn, shown, strict=True):
+        assert point["name"] == name
+        assert abs(point["x"] - x * scale) < 1e-6 and abs(point["y"] - y * scale) < 1e-6
+    # largest first, each face's keypoints on the pasted face they belong to
+    truth = photo.keypoints.reshape(3, 15, 2)
+    for face, true_points in zip(api["faces"], truth, strict=True):
+        points = np.array(list(face["keypoints"].values()))
+        size = np.ptp(true_points[:, 0])
+        assert np.linalg.norm(points.mean(axis=0) - true_points.mean(axis=0)) < 0.25 * size
 
 
 def test_a_dropped_photo_is_predicted(server, page):

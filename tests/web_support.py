@@ -2,7 +2,7 @@
 
 The server is the real ``fkp serve`` in its own process on a free loopback port; photos are
 synthetic faces from :mod:`fkp.synthetic.sample` rendered larger into a bigger picture (their true
-keypoints known), and plain drawn faces the Haar detector finds.
+keypoints known), and plain drawn faces the face detector finds.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def synthetic_photos(
 ) -> list[Photo]:
     """``n`` synthetic sample faces, enlarged ``zoom`` times into a gray ``size`` picture.
 
-    Only photos where OpenCV's detector finds exactly one face are kept (about half), so each
+    Only photos where the face detector finds exactly one face are kept, so each
     has one face the server must find. The true keypoints are mapped the same way as the pixels.
     """
     from fkp.synthetic.sample import generate_sample
@@ -86,8 +86,43 @@ def synthetic_photos(
     raise AssertionError(f"only {len(out)} of {8 * n} synthetic faces were detected")
 
 
+def group_photo(n: int, *, size: tuple[int, int] = (1000, 420), seed: int = 5) -> Photo:
+    """``n`` synthetic sample faces side by side in one colour JPEG, smaller and more turned in turn.
+
+    The first face is upright and largest; the others are turned by +-30 degrees (a frontal-face
+    detector misses them). Only a picture where the detector finds all ``n`` is returned;
+    ``keypoints`` holds the faces' true keypoints one after the other, (15 n, 2).
+    """
+    from fkp.synthetic.sample import generate_sample
+
+    width, height = size
+    faces = generate_sample(4 * n, 1, seed, workers=1)
+    sides = [round(min(width / n - 20, height - 20) * (1 - 0.15 * i)) for i in range(n)]
+    angles = [0.0, *[30.0 * (-1) ** i for i in range(1, n)]]
+    for start in range(0, 3 * n + 1, n):
+        canvas = np.full((height, width, 3), (150, 140, 120), np.uint8)
+        truth = []
+        for i, (side, angle) in enumerate(zip(sides, angles, strict=True)):
+            face, coords = faces.train_images[start + i], faces.train_keypoints[start + i]
+            x0, y0 = round(i * width / n + 10), (height - side) // 2 + (-1) ** i * 5
+            # turn about the crop's centre, in pixel-index coordinates (keypoints are continuous)
+            turn = cv2.getRotationMatrix2D((47.5, 47.5), angle, 1.0)
+            face = cv2.warpAffine(
+                face, turn, (96, 96), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+            points = (coords.reshape(15, 2) - 0.5) @ turn[:, :2].T + turn[:, 2] + 0.5
+            pixels = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+            canvas[y0 : y0 + side, x0 : x0 + side] = pixels[..., None]
+            truth.append(points * side / 96 + (x0, y0))
+        ok, encoded = cv2.imencode(".jpg", canvas)
+        assert ok
+        if len(detect_faces(cv2.imdecode(encoded, cv2.IMREAD_COLOR))) == n:
+            return Photo(encoded.tobytes(), width, height, np.concatenate(truth))
+    raise AssertionError(f"no group of {n} synthetic faces was detected whole")
+
+
 def drawn_face(gray: np.ndarray, centre: tuple[int, int], size: int) -> None:
-    """Draw a plain face (oval, brows, eyes, nose, mouth) the frontal-face cascade finds, in place."""
+    """Draw a plain face (oval, brows, eyes, nose, mouth) the face detector finds, in place."""
     s = size / 240
 
     def p(x: float, y: float) -> tuple[int, int]:

@@ -46,6 +46,27 @@ CORE_KEYPOINTS: tuple[str, ...] = (
     "mouth_center_bottom_lip",
 )
 
+#: The Kaggle mean face: each keypoint's mean position over the 7,049 rows of Kaggle's
+#: training.csv (missing values skipped). Photos are framed so that a face's detected landmarks
+#: land on these points, the way the training faces sit in their 96x96 frames.
+MEAN_FACE: dict[str, tuple[float, float]] = {
+    "left_eye_center": (66.359, 37.651),
+    "right_eye_center": (30.306, 37.977),
+    "left_eye_inner_corner": (59.159, 37.945),
+    "left_eye_outer_corner": (73.330, 37.707),
+    "right_eye_inner_corner": (36.653, 37.990),
+    "right_eye_outer_corner": (22.385, 38.034),
+    "left_eyebrow_inner_end": (56.069, 29.333),
+    "left_eyebrow_outer_end": (79.483, 29.651),
+    "right_eyebrow_inner_end": (39.322, 29.503),
+    "right_eyebrow_outer_end": (15.871, 30.428),
+    "nose_tip": (48.374, 62.716),
+    "mouth_left_corner": (63.286, 75.971),
+    "mouth_right_corner": (32.900, 76.184),
+    "mouth_center_top_lip": (47.975, 72.920),
+    "mouth_center_bottom_lip": (48.570, 78.970),
+}
+
 IMAGE_COLUMN = "Image"
 TRAINING_COLUMNS: tuple[str, ...] = (*COORD_COLUMNS, IMAGE_COLUMN)
 TEST_COLUMNS: tuple[str, ...] = ("ImageId", IMAGE_COLUMN)

@@ -1,9 +1,11 @@
-"""Keypoints for ordinary photos: find the face, frame it like a Kaggle image, predict, map back.
+"""Keypoints for ordinary photos: find the faces, frame each like a Kaggle image, predict, map back.
 
-Kaggle faces fill most of their 96x96 frame (eyes at y ~ 38, bottom lip at y ~ 82). OpenCV's
-bundled frontal-face Haar cascade returns a box that, enlarged by :data:`FACE_BOX_SCALE`
-about its centre, frames a face the same way; that square is cut out, resized to 96x96
-gray and fed to the model, and the predicted keypoints are mapped back into the photo.
+YuNet (:mod:`fkp.serving.detect`) finds the faces and five landmarks each on a copy of at most
+``DETECT_MAX_SIDE`` pixels; each face's landmarks fix the similarity transform onto the Kaggle
+mean face (:mod:`fkp.serving.align`), which cuts the 96x96 gray model input out of a decode just
+fine enough for it (:mod:`fkp.serving.picture`) and maps the predicted keypoints back into the
+photo. ``fkp predict photo.jpg`` and ``fkp serve`` both go through :func:`find_faces` and
+:func:`face_inputs`.
 
 Coordinates are continuous pixel coordinates, as everywhere in fkp: the photo spans
 ``0..width`` and ``0..height``; the centre of pixel column ``i`` is at ``x = i + 0.5``.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,19 +24,14 @@ import cv2
 import numpy as np
 
 from fkp.atomic import write_bytes, write_text
-from fkp.core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES
+from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.errors import DataError
 from fkp.safety.image_header import DEFAULT_MAX_PIXELS, check_pixel_count
+from fkp.serving.align import FaceCrop, extract_crop, fit_crop
+from fkp.serving.detect import DETECT_MAX_SIDE, LANDMARK_NAMES, Box, Detection, detect_faces
+from fkp.serving.picture import Decoded, UndecodableImage, decode
 
-#: Side of the square fed to the model, as a multiple of the Haar box side. Measured by
-#: detecting faces in real Kaggle-framed 96x96 crops (upscaled, padded into a bigger
-#: picture): the median Kaggle frame is 1.06-1.08 box sides wide and centred on the box
-#: (offset < 0.01 side). With it, the mean face sits 4.2 px RMSE from the true keypoints
-#: in the detector's crops, against 3.8 px in the original crops.
-FACE_BOX_SCALE = 1.08
-#: Photos are shrunk to at most this many pixels per side for detection only (speed).
-DETECT_MAX_SIDE = 1024
-_CASCADE_FILE = "haarcascade_frontalface_default.xml"
+__all__ = ["Box", "DETECT_MAX_SIDE", "FaceCrop", "detect_faces", "extract_crop"]
 
 
 class NoFaceFoundError(DataError):
@@ -49,83 +46,23 @@ class NoFaceFoundError(DataError):
 
 
 @dataclass(frozen=True)
-class Box:
-    """An axis-aligned box in photo pixels (``x, y`` = top-left corner)."""
+class FoundFace:
+    """One detected face (photo coordinates) and the square that frames it for the model."""
 
-    x: float
-    y: float
-    w: float
-    h: float
-
-    @property
-    def area(self) -> float:
-        return self.w * self.h
-
-    def scaled(self, factor: float) -> Box:
-        """The same box in a photo resized by ``factor``."""
-        return Box(self.x * factor, self.y * factor, self.w * factor, self.h * factor)
+    detection: Detection
+    crop: FaceCrop
 
 
 @dataclass(frozen=True)
-class FaceCrop:
-    """The square of the photo that becomes the 96x96 model input.
+class FoundFaces:
+    """The faces of one photo, largest first, and the decode they were found on."""
 
-    Integer corner and side, so cutting it out is exact; it may reach past the photo's
-    edges (the missing part is filled by repeating the edge pixels).
-    """
-
-    x0: int
-    y0: int
-    size: int
+    faces: list[FoundFace]
+    decoded: Decoded
 
     @property
-    def scale(self) -> float:
-        """Photo pixels per model-input pixel."""
-        return self.size / IMAGE_SIZE
-
-    def to_crop(self, coords: np.ndarray) -> np.ndarray:
-        """Photo coordinates -> model-input coordinates; ``coords`` interleaves x, y (..., 2k)."""
-        out = np.array(coords, dtype=np.float64, copy=True)
-        out[..., 0::2] = (out[..., 0::2] - self.x0) / self.scale
-        out[..., 1::2] = (out[..., 1::2] - self.y0) / self.scale
-        return out
-
-    def to_photo(self, coords: np.ndarray) -> np.ndarray:
-        """Model-input coordinates (e.g. the model's 30 outputs) -> photo coordinates."""
-        out = np.array(coords, dtype=np.float64, copy=True)
-        out[..., 0::2] = out[..., 0::2] * self.scale + self.x0
-        out[..., 1::2] = out[..., 1::2] * self.scale + self.y0
-        return out
-
-
-# --------------------------------------------------------------------------- pure steps
-
-
-def largest_box(boxes: Iterable[Box]) -> Box | None:
-    """The biggest detection (the photo's main subject), or ``None``."""
-    return max(boxes, key=lambda b: b.area, default=None)
-
-
-def crop_for_face(box: Box, scale: float = FACE_BOX_SCALE) -> FaceCrop:
-    """The Kaggle-like square around a detected face: ``scale`` box sides, same centre."""
-    size = max(1, round(max(box.w, box.h) * scale))
-    cx, cy = box.x + box.w / 2, box.y + box.h / 2
-    return FaceCrop(x0=round(cx - size / 2), y0=round(cy - size / 2), size=size)
-
-
-def extract_crop(gray: np.ndarray, crop: FaceCrop) -> np.ndarray:
-    """Cut ``crop`` out of a gray photo and resize it to (96, 96) uint8."""
-    h, w = gray.shape
-    left, top = max(0, -crop.x0), max(0, -crop.y0)
-    right, bottom = max(0, crop.x0 + crop.size - w), max(0, crop.y0 + crop.size - h)
-    if left or top or right or bottom:
-        gray = cv2.copyMakeBorder(gray, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    x0, y0 = crop.x0 + left, crop.y0 + top
-    square = gray[y0 : y0 + crop.size, x0 : x0 + crop.size]
-    shrink = crop.size > IMAGE_SIZE
-    return cv2.resize(
-        square, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    )
+    def photo_size(self) -> tuple[int, int]:
+        return self.decoded.photo_size
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -136,47 +73,66 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, code)
 
 
-# --------------------------------------------------------------------------- detection
+def decode_for_detection(data: bytes, *, max_side: int = DETECT_MAX_SIDE) -> Decoded:
+    """The photo decoded only as finely as the detector looks (JPEG: straight at a reduced size).
+
+    Raises :class:`fkp.serving.picture.UndecodableImage` for pixels that cannot be decoded.
+    """
+    return decode(data, "RGB", max_side=max_side)
 
 
-def _cascade() -> cv2.CascadeClassifier:
-    path = Path(cv2.data.haarcascades) / _CASCADE_FILE
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
-        raise RuntimeError(f"cannot load OpenCV's face detector {path} (opencv-python-headless < 5 ships it)")
-    return cascade
+def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFaces:
+    """Every face of a photo (its :func:`decode_for_detection`), largest first, framed on the mean face."""
+    sx, sy = decoded.scale
+    faces = []
+    for found in detect_faces(decoded.pixels, max_side=max_side):
+        detection = found.scaled(1.0 / sx, 1.0 / sy)
+        crop = fit_crop(detection.landmarks, LANDMARK_NAMES)
+        if crop.size >= 1.0:  # landmarks collapsed onto one point frame nothing
+            faces.append(FoundFace(detection, crop))
+    return FoundFaces(faces, decoded)
 
 
-def detect_faces(gray: np.ndarray, *, max_side: int = DETECT_MAX_SIDE) -> list[Box]:
-    """Frontal faces in a gray photo, as boxes in that photo's pixels (largest first)."""
-    factor = min(1.0, max_side / max(gray.shape))
-    small = (
-        gray if factor == 1.0 else cv2.resize(gray, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-    )
-    min_side = max(24, round(min(small.shape) * 0.08))
-    # no histogram equalisation: on real faces it made the detector miss ~1 face in 5
-    found = _cascade().detectMultiScale(small, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-    boxes = [Box(*map(float, f)).scaled(1.0 / factor) for f in found]
-    return sorted(boxes, key=lambda b: b.area, reverse=True)
+def face_inputs(data: bytes, found: FoundFaces, crops: Sequence[FaceCrop]) -> np.ndarray:
+    """The (n, 96, 96) uint8 model inputs of ``crops``, cut from a decode fine enough for the smallest.
+
+    The detection decode is reused when it is fine enough (always, for photos up to
+    ``DETECT_MAX_SIDE``); otherwise the photo is decoded again in gray at the scale the
+    smallest face needs (model pixels per photo pixel), never finer than the photo itself.
+    """
+    need = min(1.0, max(1.0 / crop.scale for crop in crops))
+    decoded = found.decoded
+    if min(decoded.scale) < need:
+        decoded = decode(data, "L", need)
+    gray = to_gray(decoded.pixels)
+    return np.stack([extract_crop(gray, crop, decoded.scale) for crop in crops])
 
 
 # --------------------------------------------------------------------------- I/O
 
 
-def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a PNG/JPEG/... as 8-bit BGR (EXIF rotation applied); clear error naming the file.
+_UNREADABLE = "cannot read as an image (expected a PNG, JPEG or other common format)"
 
-    The size declared in the file's header is checked against ``max_pixels`` before decoding,
-    so a small file declaring a huge picture (a decompression bomb) is refused in milliseconds.
+
+def read_photo_bytes(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """The bytes of a photo file whose header declares at most ``max_pixels``; clear error naming it.
+
+    The size declared in the file's header is checked before anything is decoded, so a small
+    file declaring a huge picture (a decompression bomb) is refused in milliseconds.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", file=path)
     check_pixel_count(path, max_pixels)
-    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
+    return path.read_bytes()
+
+
+def read_photo(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a PNG/JPEG/... as full-size 8-bit BGR (EXIF rotation applied); clear error naming the file."""
+    data = np.frombuffer(read_photo_bytes(path, max_pixels=max_pixels), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise DataError("cannot read as an image (expected a PNG, JPEG or other common format)", file=path)
+        raise DataError(_UNREADABLE, file=path)
     return image
 
 
@@ -192,18 +148,24 @@ class _Face:
 
 
 def _find_face(path: Path, max_pixels: int) -> _Face:
-    image = read_photo(path, max_pixels=max_pixels)
-    gray = to_gray(image)
-    boxes = detect_faces(gray)
-    box = largest_box(boxes)
-    if box is None:
+    data = read_photo_bytes(path, max_pixels=max_pixels)
+    try:
+        found = find_faces(decode_for_detection(data))
+    except UndecodableImage:
+        raise DataError(_UNREADABLE, file=path) from None
+    if not found.faces:
         raise NoFaceFoundError(path)
-    crop = crop_for_face(box)
-    return _Face(path, gray.shape[1], gray.shape[0], box, len(boxes), crop, extract_crop(gray, crop))
+    face = found.faces[0]
+    pixels = face_inputs(data, found, [face.crop])[0]
+    width, height = found.photo_size
+    return _Face(path, width, height, face.detection.box, len(found.faces), face.crop, pixels)
 
 
 def face_record(box: Box, crop: FaceCrop, coords: np.ndarray) -> dict[str, Any]:
     """One face as JSON: its detected box, the square fed to the model, keypoint name -> [x, y].
+
+    The square (``crop_box``) is :class:`FaceCrop`: its top-left corner ``x, y`` and side in
+    photo pixels, turned by ``angle`` degrees (clockwise on the screen) about that corner.
 
     ``coords`` are the 30 coordinates in photo pixels. The photo tool and the web API both
     answer with this shape, so a client reads either the same way.
@@ -216,7 +178,12 @@ def face_record(box: Box, crop: FaceCrop, coords: np.ndarray) -> dict[str, Any]:
             "width": round(box.w, 2),
             "height": round(box.h, 2),
         },
-        "crop_box": {"x": crop.x0, "y": crop.y0, "size": crop.size},
+        "crop_box": {
+            "x": round(crop.x0, 2),
+            "y": round(crop.y0, 2),
+            "size": round(crop.size, 2),
+            "angle": round(crop.angle, 2),
+        },
         "keypoints": {
             name: [round(float(x), 2), round(float(y), 2)]
             for name, (x, y) in zip(KEYPOINT_NAMES, pairs, strict=True)

@@ -30,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from fkp.serving.photos import decode_for_detection
+from fkp.serving.picture import UndecodableImage
 from fkp.serving.web import access_log
-from fkp.serving.web.faces import face_keypoints, find_faces
-from fkp.serving.web.limits import Limits, RequestError, decode_gray, read_header, stalled, too_large
+from fkp.serving.web.faces import face_keypoints, locate_faces
+from fkp.serving.web.limits import Limits, RequestError, read_header, stalled, too_large
 from fkp.serving.web.metrics import Metrics
 from fkp.serving.web.model import ModelHolder, ServedModel
 from fkp.serving.web.page import page_html
@@ -136,22 +138,27 @@ def keypoints_answer(data: bytes, limits: Limits, served: ServedModel, max_faces
     """The JSON answer for one photo (CPU work: header check, decode, detect, predict)."""
     t0 = time.perf_counter()
     header = read_header(data, limits)
-    gray = decode_gray(data, header)
+    try:
+        decoded = decode_for_detection(data)
+    except UndecodableImage:
+        raise RequestError(
+            400, "corrupt_image", f"the {header.format} image cannot be decoded (truncated or corrupt)"
+        ) from None
     t1 = time.perf_counter()
-    found = find_faces(gray, max_faces)
+    found = locate_faces(data, decoded, max_faces)
     t2 = time.perf_counter()
     if not found.faces:
         raise RequestError(
             422,
             "no_face_found",
-            "no face found in the photo: send a photo with a frontal face, or a 96x96 face crop",
+            "no face found in the photo: send a photo with a face, or a 96x96 face crop",
         )
-    faces = face_keypoints(gray, found, served.predict)
+    faces = face_keypoints(found, served.predict)
     t3 = time.perf_counter()
     return {
         "model": served.describe(),
         "input": "crop" if found.is_crop else "photo",
-        "image": {"format": header.format, "width": gray.shape[1], "height": gray.shape[0]},
+        "image": {"format": header.format, "width": decoded.photo_size[0], "height": decoded.photo_size[1]},
         "faces_detected": found.detected,
         "faces": faces,
         "tta_flip": served.tta_flip,

@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
 from fkp.safety.image_header import ImageHeader, NotAnImage, read_image_header
-from fkp.serving.photos import to_gray
 
 #: Formats accepted, as Pillow names them. MPO is the JPEG that phones write with a second picture
 #: (depth map, preview) appended: the first picture is an ordinary JPEG, which is what is decoded,
@@ -76,16 +72,6 @@ def read_header(data: bytes, limits: Limits) -> ImageHeader:
             f"the image is {header.format}, not JPEG or PNG: convert it to .jpg or .png",
         )
     return header
-
-
-def decode_gray(data: bytes, header: ImageHeader) -> np.ndarray:
-    """8-bit gray pixels (EXIF rotation applied) of an image whose header passed :func:`read_header`."""
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise RequestError(
-            400, "corrupt_image", f"the {header.format} image cannot be decoded (truncated or corrupt)"
-        )
-    return to_gray(image)  # decoded as `fkp predict` decodes a file, so both give the same keypoints
 
 
 def stalled(limits: Limits) -> RequestError:
