@@ -277,7 +277,7 @@ def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[
     record = run_register(
         params, run_file=out / "run.json", metrics_path=out / "metrics.json", out=out / "registry.json"
     )
-    get_run_logger().info("%s -> v%s: %s", name, record["version"], record["reason"])
+    get_run_logger().info("%s: %s", name, record["reason"])  # the reason names the version, if any
     return record
 
 
@@ -437,11 +437,11 @@ def sweep(
     }
     for name, entry in summary.items():
         logger.info(
-            "%s: val RMSE %.4f px, DVC experiment %s, v%s%s",
+            "%s: val RMSE %.4f px, DVC experiment %s, %s%s",
             name,
             entry["val_rmse"],
             entry["exp"],
-            entry["version"],
+            f"v{entry['version']}" if entry["version"] else "not registered",
             " (champion)" if entry["promoted"] else "",
         )
     if failed:

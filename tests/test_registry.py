@@ -159,3 +159,36 @@ def test_registering_the_same_run_twice_keeps_one_version(name: str) -> None:
     kept_again = registry.promote_if_better(uri2, run2, 2.5, "split-a", name=name)
     assert kept_again.version == kept.version == "2" and not kept_again.promoted
     assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+
+
+def test_fkp_register_keeps_a_model_worse_than_the_mean_face_out_of_the_registry(
+    name: str, store: str, tmp_path: Path
+) -> None:
+    """`fkp register` on a 49 px trial: no version (the latest version stays a real model), one line why."""
+    import os
+    import subprocess
+    import sys
+
+    uri, run_id = candidate(49.0)
+    (tmp_path / "reports/train").mkdir(parents=True)
+    handover = {"run_id": run_id, "model_uri": uri, "split_id": "split-a"}
+    (tmp_path / "reports/train/run.json").write_text(json.dumps(handover))
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_rmse": 49.0, "mean_face_rmse": 3.76}))
+    (tmp_path / "params.yaml").write_text(
+        f"mlflow:\n  experiment: registry-tests\n  registered_model: {name}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "fkp.cli", "register"],
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "not registered" in line]
+    assert len(said) == 1 and "49.0000 px" in said[0] and "mean face (3.7600 px)" in said[0], said
+    assert MlflowClient().search_model_versions(f"name = '{name}'") == []
+    record = json.loads((tmp_path / "reports/registry.json").read_text())
+    assert record["version"] is None and record["promoted"] is False
+    assert MlflowClient().get_run(run_id).data.tags[registry.TAG_PROMOTION] == "not registered"
