@@ -192,3 +192,10 @@ def test_fkp_register_keeps_a_model_worse_than_the_mean_face_out_of_the_registry
     record = json.loads((tmp_path / "reports/registry.json").read_text())
     assert record["version"] is None and record["promoted"] is False
     assert MlflowClient().get_run(run_id).data.tags[registry.TAG_PROMOTION] == "not registered"
+
+
+def test_a_floor_in_params_replaces_the_mean_face_as_the_bar() -> None:
+    assert registry.not_a_candidate(2.0, 3.0) is None
+    assert "mean face" in registry.not_a_candidate(3.0, 3.0)
+    assert registry.not_a_candidate(5.0, 3.0, max_rmse=10.0) is None
+    assert "candidate_max_rmse" in registry.not_a_candidate(10.0, 30.0, max_rmse=10.0)

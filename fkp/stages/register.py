@@ -1,6 +1,7 @@
 """Stage: register the trained model and move the ``champion`` alias only if it is better.
 
-Only a model that beats the mean face of ``metrics.json`` becomes a registry version at all.
+Only a model that beats the mean face of ``metrics.json`` (or is below ``mlflow.candidate_max_rmse``)
+becomes a registry version at all.
 
 The candidate's validation RMSE comes from ``metrics.json`` (evaluate stage). Registration holds
 the registry lock, so two runs never compare against the same champion at once, and is idempotent
@@ -45,6 +46,7 @@ def run_register(
             name=params.mlflow.registered_model,
             score_champion=lambda uri: score_model_uri(uri, prepared_dir, tta_flip=params.train.tta_flip),
             mean_face_rmse=metrics.get("mean_face_rmse"),
+            max_rmse=params.mlflow.candidate_max_rmse,
         )
     record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
     atomic.write_text(out, json.dumps(record, indent=2) + "\n")

@@ -116,11 +116,17 @@ def _champion_rmse(
     return value, f"re-scored on split {split_id!r}"
 
 
-def not_a_candidate(candidate_rmse: float, mean_face_rmse: float | None) -> str | None:
-    """Why a model is not worth a registry version (``None``: it is): it must beat the mean face."""
+def not_a_candidate(
+    candidate_rmse: float, mean_face_rmse: float | None, max_rmse: float | None = None
+) -> str | None:
+    """Why a model is not worth a registry version (``None``: it is): it must be below ``max_rmse``
+    (``mlflow.candidate_max_rmse``), or, without one, beat the mean face."""
     if not math.isfinite(candidate_rmse):
         return f"RMSE is not finite ({candidate_rmse})"
-    if mean_face_rmse is not None and not candidate_rmse < mean_face_rmse:
+    if max_rmse is not None:
+        if not candidate_rmse < max_rmse:
+            return f"RMSE {candidate_rmse:.4f} px is not below mlflow.candidate_max_rmse ({max_rmse:.4f} px)"
+    elif mean_face_rmse is not None and not candidate_rmse < mean_face_rmse:
         return f"RMSE {candidate_rmse:.4f} px does not beat the mean face ({mean_face_rmse:.4f} px)"
     return None
 
@@ -185,12 +191,14 @@ def promote_if_better(
     name: str = DEFAULT_MODEL_NAME,
     score_champion: Callable[[str], float] | None = None,
     mean_face_rmse: float | None = None,
+    max_rmse: float | None = None,
 ) -> PromotionDecision:
     """Register ``model_uri`` as a version of ``name`` and make it champion if it is strictly better.
 
-    A model that does not beat ``mean_face_rmse`` (the mean-face baseline on the same rows) is not
-    registered: the decision (version ``None``) says why, on the run and in the log. A run that is
-    already registered keeps its version (no second version of the same run).
+    A model that is not below ``max_rmse`` or, without one, does not beat ``mean_face_rmse`` (the
+    mean-face baseline on the same rows) is not registered: the decision (version ``None``) says
+    why, on the run and in the log. A run that is already registered keeps its version (no second
+    version of the same run).
 
     The champion's RMSE comes from its ``val_rmse`` tag when it was scored on ``split_id``; otherwise
     ``score_champion("models:/<name>@champion")`` re-scores it on the current split. Without a
@@ -201,7 +209,7 @@ def promote_if_better(
     candidate_rmse = float(candidate_rmse)
     client = MlflowClient()
     existing = registered_version(client, name, run_id)
-    if existing is None and (why := not_a_candidate(candidate_rmse, mean_face_rmse)):
+    if existing is None and (why := not_a_candidate(candidate_rmse, mean_face_rmse, max_rmse)):
         champion = champion_info(name, client=client)
         before = champion["version"] if champion else None
         decision = PromotionDecision(
