@@ -120,6 +120,14 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from fkp.orchestration.baseline import check, report
+
+    stale = check(".")
+    print(report(stale))
+    return 1 if stale else 0
+
+
 def _model(args: argparse.Namespace) -> str:
     """``--model``, else the champion of the registered model ``params.yaml`` names."""
     if args.model:
@@ -287,7 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         cmd_register,
         "register the model; make it champion only if it beats the current one",
-        knobs=("mlflow.registered_model", "train.tta_flip"),
+        knobs=("mlflow.registered_model", "mlflow.candidate_max_rmse", "train.tta_flip"),
+    )
+
+    add(
+        "baseline",
+        cmd_baseline,
+        "check that the committed dvc.lock and metrics.json still match the code and params "
+        "(no stage runs); exit 1 and name the stale stages otherwise",
     )
 
     p = add("predict", cmd_predict, "predict keypoints for test.csv (Kaggle submission) or for photos")
