@@ -117,6 +117,8 @@ def run_evaluate(
             result["labels"],
             plots_dir / "val_faces.png",
             predictions=result["predictions"],
+            n=9,  # 3 x 3 faces: still legible side by side in MLflow's Compare
+            ncols=3,
             title=f"validation faces: true (green) vs predicted (red), RMSE {metrics['val_rmse']:.2f} px",
         ),
         plot_rmse_bars(
