@@ -23,6 +23,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from fkp import quiet
 from fkp.params import MlflowParams
 
 CHAMPION_ALIAS = "champion"
@@ -220,7 +221,8 @@ def promote_if_better(
         return decision
     if existing is None:
         tags = {TAG_VAL_RMSE: repr(candidate_rmse), TAG_SPLIT_ID: split_id, TAG_SOURCE_RUN: run_id}
-        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        with quiet.mlflow_notices():
+            version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     else:
         version = existing
 
