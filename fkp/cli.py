@@ -58,10 +58,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fkp.stages.validate import validate_raw_dir
+    from fkp.stages.validate import SUMMARY_HTML, validate_raw_dir
 
     report = validate_raw_dir(args.raw_dir, args.report_dir)
     print(report.summary())
+    print(f"every file, check and failure on one page: {args.report_dir / SUMMARY_HTML}")
     return 0 if report.success else 1
 
 
