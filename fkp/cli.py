@@ -199,7 +199,8 @@ def knobs_epilog(prefixes: tuple[str, ...]) -> str:
             "settings (in params.yaml, shipped defaults shown; global --params picks another file):",
             *lines,
             "",
-            "change one for a single run:  dvc exp run -S " + f"{example}=<value>  (then: dvc exp show)",
+            f"change one for a single run:  dvc exp run -S {example}=<value>"
+            "  (then: dvc exp show --only-changed)",
             "or edit params.yaml and run:  dvc repro",
         ]
     )
