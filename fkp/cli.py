@@ -26,6 +26,9 @@ TRACEBACK_ENV = "FKP_TRACEBACK"
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: what differs between experiments, readable at 120 columns (no dependency hashes, no dates)
+EXP_SHOW = "dvc exp show --only-changed --drop '.*/|metrics.json|Created'"
+
 #: the commands that are DVC stages: run by hand, each holds DVC's repository lock (as a `dvc` command would)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
 
@@ -199,8 +202,7 @@ def knobs_epilog(prefixes: tuple[str, ...]) -> str:
             "settings (in params.yaml, shipped defaults shown; global --params picks another file):",
             *lines,
             "",
-            f"change one for a single run:  dvc exp run -S {example}=<value>"
-            "  (then: dvc exp show --only-changed)",
+            f"change one for a single run:  dvc exp run -S {example}=<value>  (then: {EXP_SHOW})",
             "or edit params.yaml and run:  dvc repro",
         ]
     )

@@ -15,7 +15,7 @@ the pipeline) and trains in a temporary copy, never in the workspace. Run it fro
     python flows/sweep.py                                  # default grid, 2 variants at a time
     python flows/sweep.py --grid '{"impute.strategy": ["ffill", "mask"], "train.lr": [0.001, 0.0003]}'
     python flows/sweep.py --grid grid.yaml --max-parallel 3
-    dvc exp show --only-changed                            # the same variants and scores
+    dvc exp show --only-changed --drop '.*/|metrics.json|Created'   # the same variants and scores
 
 A grid maps dotted param keys to lists of values (every combination is a variant) or is a list of
 explicit variants (``[{"model.arch": "lean"}, {"model.arch": "seed", "model.width": 48}]``), where a

@@ -28,8 +28,8 @@ def _stage_reasons(changes: list[Any], tracked: Callable[[str], bool]) -> list[s
         if not isinstance(change, Mapping):
             continue
         for path, state in (change.get("changed deps") or {}).items():
-            if isinstance(state, Mapping):  # params.yaml: {key: "modified" | "new" | "deleted"}
-                reasons.extend(f"{key} {what}" for key, what in state.items())
+            if isinstance(state, Mapping):  # params.yaml: {key or section: "modified" | "new" | "deleted"}
+                reasons.extend(f"{path} {key} {what}" for key, what in state.items())
             elif tracked(path):
                 reasons.append(f"{path} {state}")
     return reasons
