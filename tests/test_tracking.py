@@ -312,7 +312,7 @@ def test_new_run_names_are_unique_and_name_the_experiment_and_changed_params(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(tracking.DVC_STAGE_ENV, "train")
     committed = from_dict(yaml.safe_load((tmp_path / "params.yaml").read_text()))
-    trial = from_dict({"train": {"epochs": 3}})
+    trial = from_dict({"train": {"epochs": 3}, "impute": {"strategy": "drop"}})
     names = []
     for params in (committed, committed, trial):
         with tracking.start_run(tracking.new_run_name(params), params) as run:
@@ -323,8 +323,8 @@ def test_new_run_names_are_unique_and_name_the_experiment_and_changed_params(
     assert names == [
         "sample·lean·mask·dvc",
         "sample·lean·mask·dvc#2",
-        "sample·lean·mask·dvc·train.epochs=3",
-        "sample·lean·mask·dvc·gaunt-leaf·train.epochs=3",
+        "sample·lean·drop·dvc·train.epochs=3",  # the strategy is in the name once
+        "sample·lean·drop·dvc·gaunt-leaf·train.epochs=3",
     ]
 
 

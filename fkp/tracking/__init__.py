@@ -76,6 +76,8 @@ EXECUTOR_ENV = "FKP_EXECUTOR"
 
 #: params a run does not log: bounds on untrusted input, not knobs of the model
 UNLOGGED_PARAM_SECTIONS = ("limits.",)
+#: params every run name starts with (so never repeated among its changes)
+NAMED_PARAMS = ("data.source", "model.arch", "impute.strategy")
 #: at most this many changed params spelled out in a run name
 MAX_NAMED_CHANGES = 3
 #: significant digits of a logged metric: ``loss 2.3237``, not ``2.3236687183380127``
@@ -286,10 +288,10 @@ def run_name(
         parts.append(exp)
     if variant := os.environ.get(VARIANT_ENV):
         parts.append(variant)  # the variant's name already is the values it changes
-    elif changed:
-        shown = [f"{key}={value}" for key, value in list(changed.items())[:MAX_NAMED_CHANGES]]
-        if len(changed) > MAX_NAMED_CHANGES:
-            shown.append(f"+{len(changed) - MAX_NAMED_CHANGES} more")
+    elif changes := [f"{k}={v}" for k, v in (changed or {}).items() if k not in NAMED_PARAMS]:
+        shown = changes[:MAX_NAMED_CHANGES]
+        if len(changes) > MAX_NAMED_CHANGES:
+            shown.append(f"+{len(changes) - MAX_NAMED_CHANGES} more")
         parts.append(",".join(shown))
     return "·".join(parts)
 
