@@ -32,6 +32,8 @@ EXIT_CODES = (
     "4 MLflow store; 5 disk or permissions; 6 fkp serve: port in use; 75 pipeline busy (another run "
     "holds it); 128+N stopped by signal N"
 )
+#: what differs between experiments, readable at 120 columns (no dependency hashes, no dates)
+EXP_SHOW = "dvc exp show --only-changed --drop '.*/|metrics.json|Created'"
 
 #: the commands that are DVC stages: run by hand, each holds DVC's repository lock (as a `dvc` command would)
 PIPELINE_STEPS = ("sample", "validate", "prepare", "impute", "train", "evaluate", "register", "predict")
@@ -65,10 +67,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from fkp.stages.validate import validate_raw_dir
+    from fkp.stages.validate import SUMMARY_HTML, validate_raw_dir
 
     report = validate_raw_dir(args.raw_dir, args.report_dir)
     print(report.summary())
+    print(f"every file, check and failure on one page: {args.report_dir / SUMMARY_HTML}")
     return 0 if report.success else 1
 
 
@@ -125,6 +128,14 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     run_register(_params(args))
     return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from fkp.orchestration.baseline import check, report
+
+    stale = check(".")
+    print(report(stale))
+    return 1 if stale else 0
 
 
 def _model(args: argparse.Namespace) -> str:
@@ -202,7 +213,7 @@ def knobs_epilog(prefixes: tuple[str, ...]) -> str:
             "settings (in params.yaml, shipped defaults shown; global --params picks another file):",
             *lines,
             "",
-            "change one for a single run:  dvc exp run -S " + f"{example}=<value>  (then: dvc exp show)",
+            f"change one for a single run:  dvc exp run -S {example}=<value>  (then: {EXP_SHOW})",
             "or edit params.yaml and run:  dvc repro",
         ]
     )
@@ -299,7 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
         "register",
         cmd_register,
         "register the model; make it champion only if it beats the current one",
-        knobs=("mlflow.registered_model", "train.tta_flip"),
+        knobs=("mlflow.registered_model", "mlflow.candidate_max_rmse", "train.tta_flip"),
+    )
+
+    add(
+        "baseline",
+        cmd_baseline,
+        "check that the committed dvc.lock and metrics.json still match the code and params "
+        "(no stage runs); exit 1 and name the stale stages otherwise",
     )
 
     p = add("predict", cmd_predict, "predict keypoints for test.csv (Kaggle submission) or for photos")

@@ -88,6 +88,8 @@ class TrainParams:
 class MlflowParams:
     experiment: str = "fkp"
     registered_model: str = "facial-keypoints-cnn"
+    # px: a model becomes a registry version only below this; None: only if it beats the mean face
+    candidate_max_rmse: float | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ ENV_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # one multi-thousand-character line per download
     "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", signature checks
     "GX_ANALYTICS_ENABLED": "False",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # "🏃 View run ... at:" after every run on a server
 }
 #: Python loggers of libraries that report routine progress: (quiet level, verbose level)
 QUIET_LOGGERS = {
@@ -125,6 +126,27 @@ class QuietTensorflowFinder(importlib.abc.MetaPathFinder):
 
 def _finder() -> QuietTensorflowFinder | None:
     return next((f for f in sys.meta_path if isinstance(f, QuietTensorflowFinder)), None)
+
+
+@contextlib.contextmanager
+def mlflow_notices() -> Iterator[None]:
+    """Hold back what MLflow prints for a person at a prompt during the body, unless verbose.
+
+    ``mlflow.register_model`` prints "Successfully registered model", "Registered model ... already
+    exists" and "Created version ..." straight to its event stream (no logger level reaches them);
+    fkp logs the registry's decision itself, in one line.
+    """
+    if is_verbose():
+        yield
+        return
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    enabled, stream.enabled = stream.enabled, False
+    try:
+        yield
+    finally:
+        stream.enabled = enabled
 
 
 def install(verbose: bool | None = None) -> None:

@@ -15,7 +15,7 @@ the pipeline) and trains in a temporary copy, never in the workspace. Run it fro
     python flows/sweep.py                                  # default grid, 2 variants at a time
     python flows/sweep.py --grid '{"impute.strategy": ["ffill", "mask"], "train.lr": [0.001, 0.0003]}'
     python flows/sweep.py --grid grid.yaml --max-parallel 3
-    dvc exp show                                           # the same variants and scores
+    dvc exp show --only-changed --drop '.*/|metrics.json|Created'   # the same variants and scores
 
 A grid maps dotted param keys to lists of values (every combination is a variant) or is a list of
 explicit variants (``[{"model.arch": "lean"}, {"model.arch": "seed", "model.width": 48}]``), where a
@@ -277,7 +277,7 @@ def register_variant(name: str, result: dict[str, Any], params: Params) -> dict[
     record = run_register(
         params, run_file=out / "run.json", metrics_path=out / "metrics.json", out=out / "registry.json"
     )
-    get_run_logger().info("%s -> v%s: %s", name, record["version"], record["reason"])
+    get_run_logger().info("%s: %s", name, record["reason"])  # the reason names the version, if any
     return record
 
 
@@ -437,11 +437,11 @@ def sweep(
     }
     for name, entry in summary.items():
         logger.info(
-            "%s: val RMSE %.4f px, DVC experiment %s, v%s%s",
+            "%s: val RMSE %.4f px, DVC experiment %s, %s%s",
             name,
             entry["val_rmse"],
             entry["exp"],
-            entry["version"],
+            f"v{entry['version']}" if entry["version"] else "not registered",
             " (champion)" if entry["promoted"] else "",
         )
     if failed:

@@ -32,6 +32,8 @@ TINY_PARAMS = {
     "sample": {"n_train": 96, "n_test": 12, "seed": 1},
     "split": {"val_fraction": 0.25, "seed": 0},
     "train": {"epochs": 2, "batch_size": 32, "patience": 2},
+    # a 2-epoch model does not beat the mean face; the tests need it registered all the same
+    "mlflow": {"candidate_max_rmse": 1000.0},
 }
 
 

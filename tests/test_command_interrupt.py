@@ -214,3 +214,16 @@ def test_a_signal_before_the_command_started_keeps_it_from_starting() -> None:
     assert runner.returncode == 3, out
     expected = ["runner: told to stop, still here", "runner: stopped by SIGINT before it started"]
     assert out.splitlines() == expected
+
+
+def test_a_failed_stage_is_reported_with_its_own_exit_code_not_dvcs(tmp_path) -> None:
+    """`dvc repro` exits 255 for a stage command that exited 1; the failure names the stage and the 1."""
+    from fkp.orchestration import pipeline
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  broken:\n    cmd: python -c 'import sys; sys.exit(1)'\n")
+    with pytest.raises(RuntimeError) as failure:
+        pipeline.run([sys.executable, "-m", "dvc", "repro"], root=tmp_path, on_line=lambda line: None)
+    first = str(failure.value).splitlines()[0]
+    assert "stage 'broken' exited with 1" in first and "255" not in first, first

@@ -159,3 +159,59 @@ def test_registering_the_same_run_twice_keeps_one_version(name: str) -> None:
     kept_again = registry.promote_if_better(uri2, run2, 2.5, "split-a", name=name)
     assert kept_again.version == kept.version == "2" and not kept_again.promoted
     assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{name}'")) == ["1", "2"]
+
+
+def fkp_register(folder: Path, store: str, name: str, run_id: str, uri: str, rmse: float):
+    """`fkp register` as the register stage runs it: run.json and metrics.json in, one decision out."""
+    import os
+    import subprocess
+    import sys
+
+    (folder / "reports/train").mkdir(parents=True, exist_ok=True)
+    handover = {"run_id": run_id, "model_uri": uri, "split_id": "split-a"}
+    (folder / "reports/train/run.json").write_text(json.dumps(handover))
+    (folder / "metrics.json").write_text(json.dumps({"val_rmse": rmse, "mean_face_rmse": 3.76}))
+    (folder / "params.yaml").write_text(
+        f"mlflow:\n  experiment: registry-tests\n  registered_model: {name}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "fkp.cli", "register"],
+        cwd=folder,
+        env={**os.environ, "MLFLOW_TRACKING_URI": store},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_fkp_register_keeps_a_model_worse_than_the_mean_face_out_of_the_registry(
+    name: str, store: str, tmp_path: Path
+) -> None:
+    """`fkp register` on a 49 px trial: no version (the latest version stays a real model), one line why."""
+    uri, run_id = candidate(49.0)
+    done = fkp_register(tmp_path, store, name, run_id, uri, 49.0)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "not registered" in line]
+    assert len(said) == 1 and "49.0000 px" in said[0] and "mean face (3.7600 px)" in said[0], said
+    assert MlflowClient().search_model_versions(f"name = '{name}'") == []
+    record = json.loads((tmp_path / "reports/registry.json").read_text())
+    assert record["version"] is None and record["promoted"] is False
+    assert MlflowClient().get_run(run_id).data.tags[registry.TAG_PROMOTION] == "not registered"
+
+
+def test_fkp_register_prints_its_decision_not_mlflows_notices(name: str, store: str, tmp_path: Path) -> None:
+    for rmse in (2.0, 1.5):  # a new registered model, then a version of an existing one
+        uri, run_id = candidate(rmse)
+        done = fkp_register(tmp_path, store, name, run_id, uri, rmse)
+        assert done.returncode == 0, done.stderr
+        out = done.stdout + done.stderr
+        for notice in ("Successfully registered model", "already exists", "Created version"):
+            assert notice not in out, out
+        assert "becomes champion" in out or "< champion v1" in out, out
+
+
+def test_a_floor_in_params_replaces_the_mean_face_as_the_bar() -> None:
+    assert registry.not_a_candidate(2.0, 3.0) is None
+    assert "mean face" in registry.not_a_candidate(3.0, 3.0)
+    assert registry.not_a_candidate(5.0, 3.0, max_rmse=10.0) is None
+    assert "candidate_max_rmse" in registry.not_a_candidate(10.0, 30.0, max_rmse=10.0)

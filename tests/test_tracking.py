@@ -293,3 +293,49 @@ def test_epoch_metrics_put_the_score_first_and_name_training_scores(experiment: 
     assert [m.key for m in metrics][:1] == ["val_rmse"]  # MLflow's Compare plots the first one logged
     assert {m.key for m in metrics} == {"val_rmse", "loss", "train_rmse", "train_mae", "epoch_seconds"}
     assert {m.step for m in metrics} == {5}  # epochs are counted from 1, like history.csv
+
+
+def test_new_run_names_are_unique_and_name_the_experiment_and_changed_params(
+    experiment: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 3-epoch trial next to the committed recipe: two names, each saying what it is."""
+    import yaml
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("train:\n  epochs: 150\n")
+    subprocess.run(["git", "add", "params.yaml"], cwd=tmp_path, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "params"],
+        cwd=tmp_path,
+        check=True,
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(tracking.DVC_STAGE_ENV, "train")
+    committed = from_dict(yaml.safe_load((tmp_path / "params.yaml").read_text()))
+    trial = from_dict({"train": {"epochs": 3}, "impute": {"strategy": "drop"}})
+    names = []
+    for params in (committed, committed, trial):
+        with tracking.start_run(tracking.new_run_name(params), params) as run:
+            names.append(run.info.run_name)
+    monkeypatch.setenv(tracking.DVC_EXP_ENV, "gaunt-leaf")  # `dvc exp run` names its experiment
+    with tracking.start_run(tracking.new_run_name(trial), trial) as run:
+        names.append(run.info.run_name)
+    assert names == [
+        "sample·lean·mask·dvc",
+        "sample·lean·mask·dvc#2",
+        "sample·lean·drop·dvc·train.epochs=3",  # the strategy is in the name once
+        "sample·lean·drop·dvc·gaunt-leaf·train.epochs=3",
+    ]
+
+
+def test_run_page_shows_knobs_rounded_scores_and_single_values_as_values(
+    experiment: str, raw_dir: Path
+) -> None:
+    """No input bounds among the params, 5 significant digits, the best epoch as a value (a tag)."""
+    with tracking.start_run("page", Params(), raw_dir=raw_dir) as run:
+        tracking.log_metrics_dict({"loss": 2.3236687183380127})
+        tracking.log_values({"best_epoch": 42})
+    data = MlflowClient().get_run(run.info.run_id).data
+    assert "train.batch_size" in data.params and not [k for k in data.params if k.startswith("limits.")]
+    assert data.metrics == {"loss": 2.3237}
+    assert data.tags["best_epoch"] == "42"

@@ -387,3 +387,21 @@ def test_summary_page_reads_offline_and_data_docs_name_the_run(
     docs_index = (tmp_path / "report" / "data_docs" / "index.html").read_text()
     assert "__none__" not in docs_index
     assert "'run_name': 'bad'" in docs_index  # the run is named after the raw folder
+
+
+def test_fkp_validate_on_bad_data_says_where_the_summary_page_is(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    raw = tmp_path / "raw"
+    write_clean_set(raw)
+    edit_csv(raw / kaggle_csv.TRAINING_CSV, lambda df: replace_token(df, 1, 0, "300"))
+    done = subprocess.run(
+        [sys.executable, "-m", "fkp.cli", "validate", str(raw), "--report-dir", str(tmp_path / "reports")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    page = tmp_path / "reports/summary.html"
+    assert page.is_file() and str(page) in done.stdout.splitlines()[-1], done.stdout

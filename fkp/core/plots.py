@@ -143,14 +143,14 @@ def plot_learning_curves(history_csv: str | Path, out_png: str | Path) -> Path:
     return _save(fig, out_png)
 
 
-def plot_keypoint_errors(per_keypoint_rmse: dict[str, float], out_png: str | Path) -> Path:
-    """Horizontal bars of validation RMSE per keypoint, worst at the top."""
+def plot_rmse_bars(rmse_by_name: dict[str, float], out_png: str | Path, *, title: str) -> Path:
+    """Horizontal bars of RMSE (px) per keypoint or per distortion, worst at the top, values written."""
     plt = _pyplot()
-    items = sorted(per_keypoint_rmse.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7, 5))
+    items = sorted(rmse_by_name.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.23 * len(items)))
     ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
-    ax.set(xlabel="RMSE (px)", title="validation error per keypoint")
+    ax.set(xlabel="RMSE (px)", title=title)
     fig.tight_layout()
     return _save(fig, out_png)

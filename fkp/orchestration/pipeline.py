@@ -281,8 +281,25 @@ def run(
     returncode, lines = _stream(argv, root=root, env=env, on_line=on_line)
     if returncode != 0:
         tail = "\n".join(lines[-FAILURE_TAIL:])
-        raise RuntimeError(f"`{' '.join(argv)}` failed (exit code {returncode}):\n{tail}")
+        raise RuntimeError(f"`{' '.join(argv)}` failed ({_failure_cause(lines, returncode)}):\n{tail}")
     return lines
+
+
+#: DVC's last word on a stage whose command failed (dvc/stage/exceptions.py: StageCmdFailedError)
+_STAGE_CMD_FAILED = re.compile(
+    r"failed to reproduce '(?P<stage>[^']+)': failed to run: .*, exited with (?P<code>-?\d+)"
+)
+
+
+def _failure_cause(lines: Sequence[str], returncode: int) -> str:
+    """Which stage's command failed with which exit code, when DVC says so; else the command's own code.
+
+    DVC exits 255 whatever its stage command returned; the stage's code is the one that means something.
+    """
+    for line in reversed(lines):
+        if found := _STAGE_CMD_FAILED.search(line):
+            return f"stage '{found['stage']}' exited with {found['code']}"
+    return f"exit code {returncode}"
 
 
 #: a command made only of these characters means the same with or without a shell

@@ -1,5 +1,8 @@
 """Stage: register the trained model and move the ``champion`` alias only if it is better.
 
+Only a model that beats the mean face of ``metrics.json`` (or is below ``mlflow.candidate_max_rmse``)
+becomes a registry version at all.
+
 The candidate's validation RMSE comes from ``metrics.json`` (evaluate stage). Registration holds
 the registry lock, so two runs never compare against the same champion at once, and is idempotent
 (a run already registered keeps its version). A champion
@@ -42,6 +45,8 @@ def run_register(
             run["split_id"],
             name=params.mlflow.registered_model,
             score_champion=lambda uri: score_model_uri(uri, prepared_dir, tta_flip=params.train.tta_flip),
+            mean_face_rmse=metrics.get("mean_face_rmse"),
+            max_rmse=params.mlflow.candidate_max_rmse,
         )
     record = {"registered_model": params.mlflow.registered_model, **decision.to_dict()}
     atomic.write_text(out, json.dumps(record, indent=2) + "\n")

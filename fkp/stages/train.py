@@ -74,7 +74,7 @@ def run_train(
     description = run_description(params, len(x_train), len(x_val), split.split_id, split.by_group)
     start = time.perf_counter()
     with tracking.start_run(
-        tracking.run_name(params), params, tags=tags, raw_dir=raw_dir, description=description
+        tracking.new_run_name(params), params, tags=tags, raw_dir=raw_dir, description=description
     ) as run:
         run_id = run.info.run_id
         tracking.log_split(prepared_dir / SPLIT_JSON)
@@ -97,7 +97,8 @@ def run_train(
         seconds = time.perf_counter() - start
         # the best epoch's val_rmse is already in the epoch series; the evaluate stage logs THE
         # val_rmse (best weights, observed labels) on the run and on the logged model
-        tracking.log_metrics_dict({"best_epoch": result.best_epoch, "train_seconds": round(seconds, 1)})
+        tracking.log_values({"best_epoch": result.best_epoch})  # a value, not a one-point chart
+        tracking.log_metrics_dict({"train_seconds": round(seconds, 1)})
         # the new model replaces the old one only once it is logged, and the hand-over follows at
         # once: a kill in between leaves the previous model, history and run.json, still matching
         with atomic.atomic_path(model_out) as tmp:

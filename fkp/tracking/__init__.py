@@ -74,6 +74,15 @@ TAG_EXECUTOR = "fkp.executor"
 # set by whatever runs the process, e.g. a Dask worker (fkp.orchestration.stack.dask_preload)
 EXECUTOR_ENV = "FKP_EXECUTOR"
 
+#: params a run does not log: bounds on untrusted input, not knobs of the model
+UNLOGGED_PARAM_SECTIONS = ("limits.",)
+#: params every run name starts with (so never repeated among its changes)
+NAMED_PARAMS = ("data.source", "model.arch", "impute.strategy")
+#: at most this many changed params spelled out in a run name
+MAX_NAMED_CHANGES = 3
+#: significant digits of a logged metric: ``loss 2.3237``, not ``2.3236687183380127``
+METRIC_DIGITS = 5
+
 _configured_experiment_id: str | None = None
 
 
@@ -264,16 +273,66 @@ def entrypoint() -> str:
     return "dvc" if os.environ.get(DVC_STAGE_ENV) else "cli"
 
 
-def run_name(params: Params, entrypoint_name: str | None = None) -> str:
-    """What tells runs apart at a glance: data source, architecture, imputation, entrypoint (+ variant).
+def run_name(
+    params: Params, entrypoint_name: str | None = None, changed: Mapping[str, Any] | None = None
+) -> str:
+    """What tells runs apart at a glance: data source, architecture, imputation, entrypoint, then what
+    this run changes: the DVC experiment's name, the sweep variant, the params that differ from the
+    committed ``params.yaml`` (``changed``, see :func:`changed_params`).
 
-    e.g. ``sample·lean·mask·dvc``, or ``sample·lean·mask·prefect·0.004`` for a sweep variant (whose
-    name is the values it changes); the full params are on the run.
+    e.g. ``sample·lean·mask·dvc``, ``sample·lean·mask·dvc·gaunt-leaf·train.epochs=3``, or
+    ``sample·lean·mask·prefect·0.004`` for a sweep variant (whose name is the values it changes).
     """
     parts = [params.data.source, params.model.arch, params.impute.strategy, entrypoint_name or entrypoint()]
+    if exp := os.environ.get(DVC_EXP_ENV):
+        parts.append(exp)
     if variant := os.environ.get(VARIANT_ENV):
-        parts.append(variant)
+        parts.append(variant)  # the variant's name already is the values it changes
+    elif changes := [f"{k}={v}" for k, v in (changed or {}).items() if k not in NAMED_PARAMS]:
+        shown = changes[:MAX_NAMED_CHANGES]
+        if len(changes) > MAX_NAMED_CHANGES:
+            shown.append(f"+{len(changes) - MAX_NAMED_CHANGES} more")
+        parts.append(",".join(shown))
     return "·".join(parts)
+
+
+def changed_params(params: Params, cwd: str | Path | None = None) -> dict[str, Any]:
+    """The run params (:func:`run_params`) that differ from ``params.yaml`` as committed at ``HEAD``.
+
+    Empty when nothing differs, outside git, or when the committed file is not readable as params.
+    """
+    from fkp.params import from_dict
+
+    text = _git(["show", "HEAD:params.yaml"], Path(cwd) if cwd is not None else Path.cwd())
+    try:
+        committed = run_params(from_dict(yaml.safe_load(text) or {})) if text else None
+    except (ValueError, TypeError, yaml.YAMLError):
+        return {}
+    if committed is None:
+        return {}
+    return {k: v for k, v in run_params(params).items() if committed.get(k) != v}
+
+
+def unique_run_name(name: str, experiment_id: str | None = None) -> str:
+    """``name``, or ``name#2``, ``name#3``, ... when runs of the experiment already carry it."""
+    experiment_id = experiment_id or _configured_experiment_id
+    if experiment_id is None:
+        return name
+    pattern = name.replace("'", "\\'")
+    taken = {
+        run.info.run_name
+        for run in MlflowClient().search_runs(
+            [experiment_id], filter_string=f"attributes.run_name LIKE '{pattern}%'", max_results=1000
+        )
+    }
+    if name not in taken:
+        return name
+    return next(f"{name}#{n}" for n in range(2, len(taken) + 3) if f"{name}#{n}" not in taken)
+
+
+def new_run_name(params: Params) -> str:
+    """The name of a new training run: :func:`run_name` with this run's changes, unique in its experiment."""
+    return unique_run_name(run_name(params, changed=changed_params(params)))
 
 
 def raw_data_digest(raw_dir: str | Path) -> str | None:
@@ -380,8 +439,27 @@ def start_run(
             extra = provenance_tags(data_dir)
             log_raw_dataset(data_dir, name=params.data.source)
         mlflow.set_tags({**extra, **owner_tags(), **{k: str(v) for k, v in (tags or {}).items()}})
-        _log_params(run.info.run_id, flatten(params), resumed)
+        _log_params(run.info.run_id, run_params(params), resumed)
         yield run
+
+
+def run_params(params: Params) -> dict[str, Any]:
+    """The params a run records: every knob of ``params.yaml``, flattened, without input bounds."""
+    return {k: v for k, v in flatten(params).items() if not k.startswith(UNLOGGED_PARAM_SECTIONS)}
+
+
+def tidy(number: float) -> float:
+    """``number`` to :data:`METRIC_DIGITS` significant digits: what the run page and tables show."""
+    return float(f"{number:.{METRIC_DIGITS}g}")
+
+
+def log_values(values: Mapping[str, Any]) -> None:
+    """Record single figures of the active run (best epoch, training time) as tags.
+
+    A metric logged once is drawn as a chart of one point on the run page; a tag is shown as a
+    value, and the runs table can still show it as a column.
+    """
+    mlflow.set_tags({k: str(tidy(v) if isinstance(v, float) else v) for k, v in values.items()})
 
 
 def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -396,7 +474,7 @@ def _flat_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, flo
         except (TypeError, ValueError):
             continue
         if math.isfinite(number):
-            out[name] = number
+            out[name] = tidy(number)
     return out
 
 

@@ -12,6 +12,8 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from fkp.tracking import tidy
+
 #: Keras names the training-set scores ``rmse``/``mae``; next to ``val_rmse`` (THE score) those names
 #: read as the same quantity, so they are logged as what they are
 RENAMED = {"rmse": "train_rmse", "mae": "train_mae", "seconds": "epoch_seconds"}
@@ -59,7 +61,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         return [
             Metric(
                 key=f"{self.prefix}{RENAMED.get(key, key)}",
-                value=number,
+                value=tidy(number),
                 timestamp=stamp,
                 step=int(epoch) + 1,
             )

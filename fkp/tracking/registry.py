@@ -1,4 +1,8 @@
-"""Model registry: register every trained model, move the ``champion`` alias only on a real improvement.
+"""Model registry: register the models worth keeping, move the ``champion`` alias only on a real improvement.
+
+A model is a candidate only when it beats the mean face (predicting the average training face
+for everyone) on the same validation rows: a trial of three epochs that does not is no version
+at all, so the registry's versions, and its "latest version", are all real models.
 
 Versions carry the numbers the decision needs as tags (``val_rmse``, ``split_id``,
 ``source_run_id``). RMSEs are only comparable on the same validation split, so a champion scored
@@ -19,6 +23,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from fkp import quiet
 from fkp.params import MlflowParams
 
 CHAMPION_ALIAS = "champion"
@@ -41,7 +46,7 @@ class PromotionDecision:
     """Outcome of one promotion attempt, as recorded on the candidate run."""
 
     promoted: bool
-    version: str
+    version: str | None  # None: not a candidate, nothing registered
     candidate_rmse: float
     champion_rmse: float | None
     champion_version_before: str | None
@@ -112,6 +117,21 @@ def _champion_rmse(
     return value, f"re-scored on split {split_id!r}"
 
 
+def not_a_candidate(
+    candidate_rmse: float, mean_face_rmse: float | None, max_rmse: float | None = None
+) -> str | None:
+    """Why a model is not worth a registry version (``None``: it is): it must be below ``max_rmse``
+    (``mlflow.candidate_max_rmse``), or, without one, beat the mean face."""
+    if not math.isfinite(candidate_rmse):
+        return f"RMSE is not finite ({candidate_rmse})"
+    if max_rmse is not None:
+        if not candidate_rmse < max_rmse:
+            return f"RMSE {candidate_rmse:.4f} px is not below mlflow.candidate_max_rmse ({max_rmse:.4f} px)"
+    elif mean_face_rmse is not None and not candidate_rmse < mean_face_rmse:
+        return f"RMSE {candidate_rmse:.4f} px does not beat the mean face ({mean_face_rmse:.4f} px)"
+    return None
+
+
 def decide(
     version: str, candidate_rmse: float, champion: dict | None, champion_rmse: float | None, how: str
 ) -> PromotionDecision:
@@ -139,8 +159,10 @@ def decide(
 
 
 def _record(client: MlflowClient, name: str, run_id: str, decision: PromotionDecision) -> None:
-    client.update_model_version(name, decision.version, description=decision.reason)
-    client.set_tag(run_id, TAG_PROMOTION, "promoted" if decision.promoted else "kept")
+    if decision.version is not None:
+        client.update_model_version(name, decision.version, description=decision.reason)
+    outcome = "promoted" if decision.promoted else "kept" if decision.version else "not registered"
+    client.set_tag(run_id, TAG_PROMOTION, outcome)
     if decision.champion_rmse is not None:
         client.log_metric(run_id, "registry.champion_rmse", decision.champion_rmse)
     client.log_text(run_id, json.dumps(decision.to_dict(), indent=2) + "\n", DECISION_ARTIFACT)
@@ -169,10 +191,15 @@ def promote_if_better(
     *,
     name: str = DEFAULT_MODEL_NAME,
     score_champion: Callable[[str], float] | None = None,
+    mean_face_rmse: float | None = None,
+    max_rmse: float | None = None,
 ) -> PromotionDecision:
     """Register ``model_uri`` as a version of ``name`` and make it champion if it is strictly better.
 
-    A run that is already registered keeps its version (no second version of the same run).
+    A model that is not below ``max_rmse`` or, without one, does not beat ``mean_face_rmse`` (the
+    mean-face baseline on the same rows) is not registered: the decision (version ``None``) says
+    why, on the run and in the log. A run that is already registered keeps its version (no second
+    version of the same run).
 
     The champion's RMSE comes from its ``val_rmse`` tag when it was scored on ``split_id``; otherwise
     ``score_champion("models:/<name>@champion")`` re-scores it on the current split. Without a
@@ -183,9 +210,19 @@ def promote_if_better(
     candidate_rmse = float(candidate_rmse)
     client = MlflowClient()
     existing = registered_version(client, name, run_id)
+    if existing is None and (why := not_a_candidate(candidate_rmse, mean_face_rmse, max_rmse)):
+        champion = champion_info(name, client=client)
+        before = champion["version"] if champion else None
+        decision = PromotionDecision(
+            False, None, candidate_rmse, None, before, f"not registered: {why}; a candidate must beat it"
+        )
+        _record(client, name, run_id, decision)
+        _log.info("registry %s: %s", name, decision.reason)
+        return decision
     if existing is None:
         tags = {TAG_VAL_RMSE: repr(candidate_rmse), TAG_SPLIT_ID: split_id, TAG_SOURCE_RUN: run_id}
-        version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+        with quiet.mlflow_notices():
+            version = str(mlflow.register_model(model_uri, name, tags=tags).version)
     else:
         version = existing
 
