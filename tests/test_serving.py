@@ -92,6 +92,8 @@ def test_champion_predicts_like_the_keras_model(champion, keras_model):
 
 def test_logged_model_is_self_describing(champion):
     info = champion["info"]
+    # the serving defaults travel with the model's code; as run params they read as training settings
+    assert MlflowClient().get_run(info.run_id).data.params == {}
     signature = info.signature
     assert signature.inputs.input_names() == ["Image"]
     assert signature.outputs.input_names() == list(COORD_COLUMNS)

@@ -271,5 +271,16 @@ def log_keypoint_model(
             signature=model_signature(tta_flip),
             input_example=input_example(input_example_images),
             pip_requirements=serving_requirements(),
-            model_config={"tta_flip": tta_flip, "batch_size": DEFAULT_BATCH_SIZE, "max_batch": max_batch},
+            model_config=_non_default_config(tta_flip=tta_flip, max_batch=max_batch),
         )
+
+
+def _non_default_config(*, tta_flip: bool, max_batch: int) -> dict[str, Any]:
+    """The serving settings that differ from :class:`KeypointPyfunc`'s defaults (which travel with its code).
+
+    MLflow logs a model's ``model_config`` as params of the run: a ``batch_size 256`` there sat beside
+    the training's ``train.batch_size 64`` and read as if the model had been trained with it.
+    """
+    chosen = {"tta_flip": tta_flip, "max_batch": max_batch}
+    defaults = {"tta_flip": True, "max_batch": DEFAULT_MAX_BATCH}
+    return {key: value for key, value in chosen.items() if value != defaults[key]}
