@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -55,6 +56,7 @@ from benchmarks.photo_data import (
 )
 from benchmarks.photo_model import held_out_groups
 from fkp.core.keypoints import KEYPOINT_NAMES
+from fkp.orchestration.prefect_local import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FACES = 20
@@ -85,8 +87,8 @@ class SetScore:
     faces: int = 0
     found: int = 0
     unmatched: int = 0  # detections that match no labelled face
-    errors: list[float] | None = None  # NME of found faces of held-out people
-    latencies_ms: list[float] | None = None
+    errors: list[float] = field(default_factory=list)  # NME of found faces of held-out people
+    latencies_ms: list[float] = field(default_factory=list)
 
 
 def score_answers(
@@ -98,7 +100,7 @@ def score_answers(
     """Per set: faces found, unmatched detections, NME of found faces (held-out people only if known)."""
     scores: dict[str, SetScore] = {}
     for (name, photo), answer, latency in zip(posted, answers, latencies, strict=True):
-        s = scores.setdefault(name, SetScore(errors=[], latencies_ms=[]))
+        s = scores.setdefault(name, SetScore())
         predicted = answer_points(answer)
         matches = match_faces([eye_centre(p) for p in predicted], photo.faces)
         s.photos += 1
@@ -156,8 +158,14 @@ def serve(tree: Path, model: str, log: Path) -> Iterator[tuple[str, subprocess.P
     command += ["--max-faces", str(MAX_FACES), "--max-megapixels", "50", "--max-body-mb", "50"]
     env = {**os.environ, "PYTHONPATH": str(tree), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with log.open("w") as sink:
-        process = subprocess.Popen(
-            command, cwd=tree, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        process = subprocess.Popen(  # dies with this process, even killed with SIGKILL
+            command,
+            cwd=tree,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -176,11 +184,11 @@ def serve(tree: Path, model: str, log: Path) -> Iterator[tuple[str, subprocess.P
         yield url, process
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, 15)
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
