@@ -126,13 +126,16 @@ def fkp_tree() -> Path:
 
 
 def tree_commit(tree: Path) -> str:
-    """``<branch>@<short commit>`` of a git tree (``+dirty`` with uncommitted changes)."""
+    """``<branch>@<short commit>`` of a git tree (``+dirty`` with uncommitted changes), else its path."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True).stdout.strip()
 
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return f"{tree} (not a git tree)"
     dirty = "+dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
-    return f"{git('rev-parse', '--abbrev-ref', 'HEAD')}@{git('rev-parse', '--short', 'HEAD')}{dirty}"
+    return f"{git('rev-parse', '--abbrev-ref', 'HEAD')}@{commit}{dirty}"
 
 
 def peak_rss_mb(pid: int) -> float:
