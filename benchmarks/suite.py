@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.accuracy import AccuracyResult, evaluate_config, load_config, load_dataset
+from benchmarks.markdown import BEGIN, END, load_average, splice
 from benchmarks.parse_speed import measure_parse
 from benchmarks.speed import inference_report
 from fkp.core.keypoints import KEYPOINT_NAMES
@@ -35,7 +36,6 @@ TARGET_IMAGES_PER_S = 2000
 TARGET_P50_MS = 5.0
 ACCURATE_TRAIN_MIN = 60
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 #: Reference points on unseen people of the shared source (other tools, measured separately).
 REFERENCES = "dlib 2.25 px, MediaPipe Face Mesh 2.14 px (about 1.65 px once shifted to this labelling)"
 PRESET_LABELS = {"v1": "first default (v1)", "accurate": "accurate preset"}
@@ -86,13 +86,6 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
         f"Python {platform.python_version()}, TensorFlow {tf.__version__}, no GPU"
     )
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        return "unknown"
 
 
 def _path(report: dict, name: str, batch: int) -> dict:
@@ -288,14 +281,6 @@ def _versus(rmse: float, reference: float) -> str:
 
 def _target(label: str, measured: str, ok: bool) -> str:
     return f"| {label} | {measured} | {'yes' if ok else 'NO'} |"
-
-
-def splice(existing: str, generated: str) -> str:
-    """``existing`` with its suite part replaced by ``generated``; hand-written sections are kept."""
-    if BEGIN in existing and END in existing:
-        head, rest = existing.split(BEGIN, 1)
-        return head + generated + rest.split(END, 1)[1]
-    return generated + "\n\n" + existing if existing.strip() else generated + "\n"
 
 
 def main() -> None:
