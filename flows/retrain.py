@@ -62,7 +62,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from fkp import tracking
 from fkp.orchestration import crash_detection, pipeline, repo_lock, versioning
@@ -113,7 +113,12 @@ def run_stage(name: str, force: bool = False) -> State | str:
         logger.info("stage '%s' is up to date (DVC): skipped", name)
         return Completed(name=SKIPPED, message=f"stage '{name}' is up to date")
     repo = repo_lock.held_repo()
-    lines = pipeline.reproduce(repo, name, force=force, on_line=logger.info, env=_stage_env())
+    try:
+        lines = pipeline.reproduce(repo, name, force=force, on_line=logger.info, env=_stage_env())
+    except pipeline.StageFailed as exc:
+        # A returned Failed state is retried like a raised exception (the stage's retries still apply),
+        # but Prefect logs no traceback of its own engine around the stage's message, which says it all.
+        return Failed(message=str(exc))
     return f"stage '{name}' ran ({len(lines)} lines of output)"
 
 
@@ -239,7 +244,7 @@ def retrain(
     """Run the DVC pipeline's stale stages (every stage with ``force``); say what ran.
 
     ``wait``: when another run holds the pipeline, wait for it (``False``: fail at once, naming it).
-    Returns a summary dict, or a *Skipped* state when nothing changed.
+    Returns a summary dict, a *Skipped* state when nothing changed, or a *Failed* one naming the stage.
     """
     logger = get_run_logger()
     owner = f"retrain flow run {flow_run.name} ({flow_run.id})"
@@ -265,8 +270,8 @@ def retrain(
             )
             rerun = force or (without_champion and stage.mlflow)
             state = task_(stage.name, force=rerun, return_state=True)
-            if state.is_failed():
-                raise RuntimeError(state.message or f"stage '{stage.name}' failed")
+            if state.is_failed():  # the run ends Failed with the stage's message (no second traceback)
+                return Failed(message=state.message or f"stage '{stage.name}' failed")
             (skipped if state.name == SKIPPED else ran).append(stage.name)
         summary = _summary(ran, skipped)
         if ran and push:

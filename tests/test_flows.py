@@ -805,6 +805,7 @@ def test_scheduled_retraining_pulls_new_data_and_refuses_bad_data(prefect_api, t
         for run in failed:
             message = run.state.message
             assert "training.csv" in message and "row 3" in message and "'Image'" in message, message
+            assert flow_logs(run.id, "Traceback") == ""  # the stage's message, not Prefect's engine around it
             assert task_states(run.id).get("validate") == "Failed"
             assert "train" not in task_states(run.id)
         assert champion_version(project) == champion

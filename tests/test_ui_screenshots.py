@@ -142,7 +142,7 @@ def test_runs_table_shows_names_dataset_and_key_columns(browser, mlflow_ui: str,
     try:
         page.goto(f"{mlflow_ui}/#/experiments/{runs['']}/runs")
         page.get_by_text(names[0]).first.wait_for()
-        # the experiment opens in the model-training view (tag mlflow.experimentKind), not GenAI's
+        # the experiment's runs table, not GenAI's overview
         assert page.get_by_text("Training runs").or_(page.get_by_text("Runs", exact=True)).first.is_visible()
         _close_assistant(page)
         page.get_by_role("button", name="Columns").click()
