@@ -339,3 +339,10 @@ def test_run_page_shows_knobs_rounded_scores_and_single_values_as_values(
     assert "train.batch_size" in data.params and not [k for k in data.params if k.startswith("limits.")]
     assert data.metrics == {"loss": 2.3237}
     assert data.tags["best_epoch"] == "42"
+
+
+def test_logged_scores_read_like_metrics_json() -> None:
+    """A run and its DVC experiment show one score: 4 decimals as metrics.json, small numbers in digits."""
+    assert tracking.tidy(15.858612) == 15.8586  # metrics.json's round(x, 4); 5 digits would say 15.859
+    assert tracking.tidy(2.3236687183380127) == 2.3237
+    assert tracking.tidy(0.00182345678) == 0.0018235  # a learning rate keeps its digits

@@ -80,7 +80,9 @@ UNLOGGED_PARAM_SECTIONS = ("limits.",)
 NAMED_PARAMS = ("data.source", "model.arch", "impute.strategy")
 #: at most this many changed params spelled out in a run name
 MAX_NAMED_CHANGES = 3
-#: significant digits of a logged metric: ``loss 2.3237``, not ``2.3236687183380127``
+#: decimals of a logged metric, as in ``metrics.json`` (``loss 2.3237``, not ``2.3236687183380127``), so
+#: a run and its DVC experiment show the same score; numbers below 1 keep this many significant digits
+METRIC_DECIMALS = 4
 METRIC_DIGITS = 5
 
 _configured_experiment_id: str | None = None
@@ -449,7 +451,11 @@ def run_params(params: Params) -> dict[str, Any]:
 
 
 def tidy(number: float) -> float:
-    """``number`` to :data:`METRIC_DIGITS` significant digits: what the run page and tables show."""
+    """``number`` as the run page and tables show it: :data:`METRIC_DECIMALS` decimals, like
+    ``metrics.json`` (15.8586 stays 15.8586, not 15.859), or :data:`METRIC_DIGITS` significant digits
+    below 1 (a learning rate of 0.0018234 stays 0.0018234)."""
+    if abs(number) >= 1:
+        return round(number, METRIC_DECIMALS)
     return float(f"{number:.{METRIC_DIGITS}g}")
 
 
