@@ -8,6 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,6 +109,39 @@ def stop_group(process: subprocess.Popen, timeout: float = 30) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def mlflow_server(folder: Path, command: list[str]) -> Iterator[str]:
+    """``mlflow <command>`` on the folder's store on a free port; yields its address, stops it after."""
+    from fkp import quiet
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, "MLFLOW_TRACKING_URI")}
+    log = folder / f"mlflow-{command[0]}-{port}.log"  # a file, not a pipe: a full pipe would stall the server
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", *command, "--backend-store-uri", "sqlite:///mlflow.db"]
+        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        start_new_session=True,  # its workers share its process group, stopped together below
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    stop_group(server, timeout=10)
+                    pytest.fail(f"mlflow {' '.join(command)} did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        yield base
+    finally:
+        stop_group(server, timeout=20)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 1.0):

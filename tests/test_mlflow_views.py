@@ -14,15 +14,11 @@ import os
 import re
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, require_chromium, stop_group
-
-from fkp import quiet
+from conftest import ROOT, mlflow_server, require_chromium
 
 RUN_NAME = "sample·lean·mask·cli"
 UI_TIMEOUT_MS = 90_000  # a bound on a shared 2-core machine, not a speed check
@@ -54,47 +50,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     return folder, experiment_id, run_id
 
 
-def _serve(folder: Path, command: list[str]) -> Iterator[str]:
-    """``mlflow <command>`` on the folder's store on a free port; yields its address, stops it after."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, "MLFLOW_TRACKING_URI")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", *command, "--backend-store-uri", "sqlite:///mlflow.db"]
-        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    stop_group(server, timeout=10)
-                    pytest.fail(f"mlflow {' '.join(command)} did not start: {server.stderr.read()[-2000:]}")
-                time.sleep(0.5)
-        yield base
-    finally:
-        stop_group(server, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def fkp_ui(store) -> Iterator[str]:
     """The README's command: ``mlflow ui --app-name fkp``."""
-    yield from _serve(store[0], ["ui", "--app-name", "fkp"])
+    yield from mlflow_server(store[0], ["ui", "--app-name", "fkp"])
 
 
 @pytest.fixture(scope="module")
 def plain_server(store) -> Iterator[str]:
     """MLflow's own ``mlflow server``, as a team may already run it."""
-    yield from _serve(store[0], ["server"])
+    yield from mlflow_server(store[0], ["server"])
 
 
 @pytest.fixture

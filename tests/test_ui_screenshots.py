@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -21,9 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHROMIUM_FLAGS, ROOT, make_project_copy, require_chromium, stop_group
-
-from fkp import quiet
+from conftest import CHROMIUM_FLAGS, ROOT, make_project_copy, mlflow_server, require_chromium
 
 SHOTS = ROOT / "reports" / "screenshots"
 KEY_COLUMNS = ("val_rmse", "impute.strategy", "model.arch", "data.source")
@@ -68,31 +65,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def mlflow_ui(two_runs: Path) -> Iterator[str]:
     """``mlflow server`` on the project's SQLite store, on a free local port; stopped afterwards."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in (quiet.VERBOSE_ENV, "MLFLOW_TRACKING_URI")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", "sqlite:///mlflow.db"]
-        + ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=two_runs,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its workers share its process group, stopped together below
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start on port {port}")
-                time.sleep(0.5)
-        yield base
-    finally:
-        stop_group(server, timeout=20)
+    yield from mlflow_server(two_runs, ["server"])
 
 
 @pytest.fixture(scope="module")
