@@ -1,9 +1,10 @@
 """Framing a face like the Kaggle training faces: a similarity transform onto the mean face.
 
-The detector's landmarks (eye centres, nose tip, mouth corners) are matched to the same
-keypoints of the Kaggle mean face (:data:`fkp.core.keypoints.MEAN_FACE`) by the least-squares
-similarity (scale, in-plane rotation, shift). That transform fixes the 96x96 crop -- a square
-of the photo, turned with the face -- and maps the predicted keypoints back through its inverse.
+The detector's landmarks (eye centres, nose tip, mouth corners) are matched to where that
+detector marks a face framed like the training faces (its template,
+:data:`fkp.serving.detect.LANDMARK_TEMPLATE`) by the least-squares similarity (scale, in-plane
+rotation, shift). That transform fixes the 96x96 crop -- a square of the photo, turned with the
+face -- and maps the predicted keypoints back through its inverse.
 
 Coordinates are continuous pixel coordinates, as everywhere in fkp: the centre of pixel
 column ``i`` is at ``x = i + 0.5``.
@@ -12,13 +13,12 @@ column ``i`` is at ``x = i + 0.5``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from fkp.core.keypoints import IMAGE_SIZE, MEAN_FACE, PIXEL_CENTER
+from fkp.core.keypoints import IMAGE_SIZE, PIXEL_CENTER
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,16 @@ class FaceCrop:
         return out.reshape(coords.shape)
 
 
-def fit_crop(landmarks: np.ndarray, names: Sequence[str]) -> FaceCrop:
-    """The crop whose least-squares similarity puts ``landmarks`` (photo, (n, 2)) on the mean face.
+def fit_crop(landmarks: np.ndarray, reference: np.ndarray) -> FaceCrop:
+    """The crop whose least-squares similarity puts ``landmarks`` (photo, (n, 2)) on ``reference``.
 
-    ``names`` are the Kaggle names of the landmarks. Points as complex numbers: the photo point
-    of a crop point ``q`` is ``a * q + t`` with ``a = scale * e^(i angle)``.
+    ``reference`` holds the same n points' positions in the 96x96 frame: the Kaggle mean face
+    (:data:`fkp.core.keypoints.MEAN_FACE`) for Kaggle keypoints, the detector's template
+    (:data:`fkp.serving.detect.LANDMARK_TEMPLATE`) for its landmarks. Points as complex numbers:
+    the photo point of a crop point ``q`` is ``a * q + t`` with ``a = scale * e^(i angle)``.
     """
     photo = np.asarray(landmarks, dtype=np.float64)
-    ref = np.array([MEAN_FACE[name] for name in names], dtype=np.float64)
+    ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
     p = photo[:, 0] + 1j * photo[:, 1]
     q = ref[:, 0] + 1j * ref[:, 1]
     pc, qc = p - p.mean(), q - q.mean()

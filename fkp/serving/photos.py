@@ -1,8 +1,8 @@
 """Keypoints for ordinary photos: find the faces, frame each like a Kaggle image, predict, map back.
 
 YuNet (:mod:`fkp.serving.detect`) finds the faces and five landmarks each on a copy of at most
-``DETECT_MAX_SIDE`` pixels; each face's landmarks fix the similarity transform onto the Kaggle
-mean face (:mod:`fkp.serving.align`), which cuts the 96x96 gray model input out of a decode just
+``DETECT_MAX_SIDE`` pixels; each face's landmarks fix the similarity transform onto the detector's
+template (:mod:`fkp.serving.align`), which cuts the 96x96 gray model input out of a decode just
 fine enough for it (:mod:`fkp.serving.picture`) and maps the predicted keypoints back into the
 photo. ``fkp predict photo.jpg`` and ``fkp serve`` both go through :func:`find_faces` and
 :func:`face_inputs`.
@@ -28,7 +28,7 @@ from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.errors import DataError
 from fkp.safety.image_header import DEFAULT_MAX_PIXELS, check_pixel_count
 from fkp.serving.align import FaceCrop, extract_crop, fit_crop
-from fkp.serving.detect import DETECT_MAX_SIDE, LANDMARK_NAMES, Box, Detection, detect_faces
+from fkp.serving.detect import DETECT_MAX_SIDE, LANDMARK_TEMPLATE, Box, Detection, detect_faces
 from fkp.serving.picture import Decoded, UndecodableImage, decode
 
 __all__ = ["Box", "DETECT_MAX_SIDE", "FaceCrop", "detect_faces", "extract_crop"]
@@ -87,7 +87,7 @@ def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFac
     faces = []
     for found in detect_faces(decoded.pixels, max_side=max_side):
         detection = found.scaled(1.0 / sx, 1.0 / sy)
-        crop = fit_crop(detection.landmarks, LANDMARK_NAMES)
+        crop = fit_crop(detection.landmarks, LANDMARK_TEMPLATE)
         if crop.size >= 1.0:  # landmarks collapsed onto one point frame nothing
             faces.append(FoundFace(detection, crop))
     return FoundFaces(faces, decoded)

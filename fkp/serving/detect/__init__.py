@@ -25,6 +25,23 @@ LANDMARK_NAMES: tuple[str, ...] = (
     "mouth_left_corner",
 )
 
+#: Where YuNet puts its landmarks (:data:`LANDMARK_NAMES` order) on a face that sits in its 96x96
+#: frame like a Kaggle training face: the mean over 2,545 real training-format faces of 209 people,
+#: measured by ``python -m benchmarks.detector_template``. Photos are framed by fitting the
+#: landmarks onto these, not onto the Kaggle mean keypoints of the same names: YuNet's eye centres
+#: sit ~3 px closer together and its nose tip ~5 px higher than the labels put them, so that fit
+#: framed real photo faces 8 % too tight (their keypoints 3.6 px RMS from where the training faces'
+#: framing puts them; 2.5 px and scale x1.007 with this template, on 522 labelled photos).
+LANDMARK_TEMPLATE = np.array(
+    [
+        [31.51, 37.47],
+        [63.56, 37.20],
+        [47.81, 57.35],
+        [34.63, 73.67],
+        [60.86, 73.39],
+    ]
+)
+
 #: Pictures are shrunk to at most this many pixels per side for detection: YuNet's time grows
 #: with the pixel count, and a face it can find at this size (from ~12 px) is big enough to frame.
 DETECT_MAX_SIDE = 640
