@@ -223,7 +223,7 @@ def test_big_jpeg_is_found_and_cut_from_reduced_decodes(tmp_path):
     assert found.decoded.pixels.shape == (750, 1000, 3)  # straight from the DCT, no full-size array
     [face] = found.faces
     assert abs(face.detection.box.x + face.detection.box.w / 2 - 2300) < 150
-    cut = photos.face_inputs(jpeg.tobytes(), found, [face.crop])[0]
+    cut = photos.FaceCutter(jpeg.tobytes(), found.decoded).inputs([face.crop])[0]
     full = photos.extract_crop(photos.to_gray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)), face.crop)
     assert np.abs(cut.astype(int) - full.astype(int)).mean() < 2.0
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fkp.core.keypoints import IMAGE_SIZE, PIXEL_CENTER
+from fkp.core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_FACE, PIXEL_CENTER
+
+_MEAN_KEYPOINTS = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES])  # (15, 2), Kaggle order
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,28 @@ def fit_crop(landmarks: np.ndarray, reference: np.ndarray) -> FaceCrop:
     a = np.vdot(qc, pc) / np.vdot(qc, qc).real
     t = p.mean() - a * q.mean()
     return FaceCrop(float(t.real), float(t.imag), float(abs(a)) * IMAGE_SIZE, math.degrees(np.angle(a)))
+
+
+#: How far a framing by predicted keypoints may stray from the crop they were predicted on:
+#: centre shift (fraction of the side), size ratio, turn (degrees). On real photos it moves a few
+#: model pixels; a model that predicts nonsense (collapsed or scattered points) would send the
+#: crop off the face, so such a framing is refused.
+MAX_REFRAME = (0.3, 1.5, 30.0)
+
+
+def fit_keypoints(coords: np.ndarray, previous: FaceCrop) -> FaceCrop | None:
+    """The crop that puts 30 keypoint coordinates predicted on ``previous`` (photo pixels) on the mean face.
+
+    ``None`` when that crop strays further from ``previous`` than :data:`MAX_REFRAME` allows.
+    """
+    crop = fit_crop(np.asarray(coords, dtype=np.float64).reshape(-1, 2), _MEAN_KEYPOINTS)
+    shift, ratio, turn = MAX_REFRAME
+    centre = np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2])
+    moved = np.linalg.norm(crop.to_photo(centre) - previous.to_photo(centre)) / previous.size
+    turned = abs((crop.angle - previous.angle + 180.0) % 360.0 - 180.0)
+    if moved > shift or not 1 / ratio <= crop.size / previous.size <= ratio or turned > turn:
+        return None
+    return crop
 
 
 def extract_crop(

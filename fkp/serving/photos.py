@@ -4,8 +4,9 @@ YuNet (:mod:`fkp.serving.detect`) finds the faces and five landmarks each on a c
 ``DETECT_MAX_SIDE`` pixels; each face's landmarks fix the similarity transform onto the detector's
 template (:mod:`fkp.serving.align`), which cuts the 96x96 gray model input out of a decode just
 fine enough for it (:mod:`fkp.serving.picture`) and maps the predicted keypoints back into the
-photo. ``fkp predict photo.jpg`` and ``fkp serve`` both go through :func:`find_faces` and
-:func:`face_inputs`.
+photo; the model's own keypoints then frame each face again for a second prediction
+(:func:`predict_faces`). ``fkp predict photo.jpg`` and ``fkp serve`` both go through
+:func:`find_faces` and :func:`predict_faces`.
 
 Coordinates are continuous pixel coordinates, as everywhere in fkp: the photo spans
 ``0..width`` and ``0..height``; the centre of pixel column ``i`` is at ``x = i + 0.5``.
@@ -13,9 +14,10 @@ Coordinates are continuous pixel coordinates, as everywhere in fkp: the photo sp
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from fkp.atomic import write_bytes, write_text
 from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.errors import DataError
 from fkp.safety.image_header import DEFAULT_MAX_PIXELS, check_pixel_count
-from fkp.serving.align import FaceCrop, extract_crop, fit_crop
+from fkp.serving.align import FaceCrop, extract_crop, fit_crop, fit_keypoints
 from fkp.serving.detect import DETECT_MAX_SIDE, LANDMARK_TEMPLATE, Box, Detection, detect_faces
 from fkp.serving.picture import Decoded, UndecodableImage, decode
 
@@ -45,12 +47,23 @@ class NoFaceFoundError(DataError):
         return f"no face found in {self.file}"
 
 
+#: Framing passes per face: the first framed by the detector's landmarks, each further one by the
+#: keypoints the model predicted on the one before (:func:`predict_faces`).
+FRAMING_PASSES = 2
+
+#: A face whose landmarks were found on a copy shrunk for the detector to fewer than this many
+#: pixels per model-input pixel gets one framing pass more: a small face in a big photo, its
+#: landmarks whole pixels of a 640 px copy, framed too coarsely for two passes to settle.
+COARSE_LANDMARKS = 0.5
+
+
 @dataclass(frozen=True)
 class FoundFace:
-    """One detected face (photo coordinates) and the square that frames it for the model."""
+    """One detected face (photo coordinates), the square that frames it first, and its framing passes."""
 
     detection: Detection
     crop: FaceCrop
+    passes: int = FRAMING_PASSES
 
 
 @dataclass(frozen=True)
@@ -84,28 +97,73 @@ def decode_for_detection(data: bytes, *, max_side: int = DETECT_MAX_SIDE) -> Dec
 def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFaces:
     """Every face of a photo (its :func:`decode_for_detection`), largest first, framed on the mean face."""
     sx, sy = decoded.scale
+    shrink = min(1.0, max_side / max(decoded.pixels.shape[:2]))  # detect_faces' copy of the decode
+    landmark_scale = min(sx, sy) * shrink  # detector pixels per photo pixel
     faces = []
     for found in detect_faces(decoded.pixels, max_side=max_side):
         detection = found.scaled(1.0 / sx, 1.0 / sy)
         crop = fit_crop(detection.landmarks, LANDMARK_TEMPLATE)
         if crop.size >= 1.0:  # landmarks collapsed onto one point frame nothing
-            faces.append(FoundFace(detection, crop))
+            coarse = landmark_scale < 1.0 and landmark_scale * crop.scale < COARSE_LANDMARKS
+            faces.append(FoundFace(detection, crop, FRAMING_PASSES + coarse))
     return FoundFaces(faces, decoded)
 
 
-def face_inputs(data: bytes, found: FoundFaces, crops: Sequence[FaceCrop]) -> np.ndarray:
-    """The (n, 96, 96) uint8 model inputs of ``crops``, cut from a decode fine enough for the smallest.
+#: ``f(uint8 (n, 96, 96)) -> (n, 30)`` model-input coordinates: the keypoint model, one call a batch.
+Predict = Callable[[np.ndarray], np.ndarray]
 
-    The detection decode is reused when it is fine enough (always, for photos up to
-    ``DETECT_MAX_SIDE``); otherwise the photo is decoded again in gray at the scale the
-    smallest face needs (model pixels per photo pixel), never finer than the photo itself.
+
+class FaceCutter:
+    """Cuts 96x96 model inputs out of one photo, from a decode just fine enough for the smallest crop.
+
+    The detection decode is used while it is fine enough (always, for photos up to
+    ``DETECT_MAX_SIDE``); otherwise the photo is decoded again in gray at the scale the smallest
+    face needs (model pixels per photo pixel), never finer than the photo itself. That decode is
+    kept, so the crops of a later framing pass are cut from it without decoding again.
     """
-    need = min(1.0, max(1.0 / crop.scale for crop in crops))
-    decoded = found.decoded
-    if min(decoded.scale) < need:
-        decoded = decode(data, "L", need)
-    gray = to_gray(decoded.pixels)
-    return np.stack([extract_crop(gray, crop, decoded.scale) for crop in crops])
+
+    def __init__(self, data: bytes, decoded: Decoded) -> None:
+        self._data = data
+        self._decoded = decoded
+        self._gray: np.ndarray | None = None
+
+    def inputs(self, crops: Sequence[FaceCrop]) -> np.ndarray:
+        """The (n, 96, 96) uint8 model inputs of ``crops``."""
+        need = min(1.0, max(1.0 / crop.scale for crop in crops))
+        if min(self._decoded.scale) < need:
+            self._decoded, self._gray = decode(self._data, "L", need), None
+        if self._gray is None:
+            self._gray = to_gray(self._decoded.pixels)
+        return np.stack([extract_crop(self._gray, crop, self._decoded.scale) for crop in crops])
+
+
+def predict_faces(
+    cutter: FaceCutter, crops: Sequence[FaceCrop], predict: Predict, passes: Sequence[int]
+) -> list[tuple[FaceCrop, np.ndarray]]:
+    """Each face's final crop and its 30 keypoint coordinates in photo pixels.
+
+    The first pass predicts on ``crops`` (framed by the detector's five landmarks). Each further
+    pass, up to the face's number of ``passes``, frames it again by its 15 predicted keypoints
+    (:func:`fkp.serving.align.fit_keypoints`) and predicts again: the training faces were framed
+    by all their keypoints, not by five detector landmarks, and those landmarks are whole pixels
+    of a copy of at most ``DETECT_MAX_SIDE`` pixels, coarse for a small face in a big photo.
+    A face whose keypoints frame it implausibly keeps the crop and keypoints it has.
+    One model call per pass, batching every face still being framed.
+    """
+    crops, passes = list(crops), list(passes)
+    coords: list[np.ndarray] = [np.empty(0)] * len(crops)
+    for done in range(max(passes, default=0)):
+        todo = [i for i, n in enumerate(passes) if n > done]
+        if done:
+            framed = {i: fit_keypoints(coords[i], crops[i]) for i in todo}
+            todo = [i for i in todo if framed[i] is not None]
+            crops = [framed.get(i) or crop for i, crop in enumerate(crops)]
+        if not todo:
+            break
+        raw = predict(cutter.inputs([crops[i] for i in todo]))
+        for i, r in zip(todo, raw, strict=True):
+            coords[i] = crops[i].to_photo(r)
+    return list(zip(crops, coords, strict=True))
 
 
 # --------------------------------------------------------------------------- I/O
@@ -143,8 +201,8 @@ class _Face:
     height: int
     box: Box
     n_faces: int
-    crop: FaceCrop
-    pixels: np.ndarray  # (96, 96) uint8 model input
+    crop: FaceCrop  # framed by the detector's landmarks: the first pass of :func:`predict_faces`
+    passes: int
 
 
 def _find_face(path: Path, max_pixels: int) -> _Face:
@@ -156,9 +214,8 @@ def _find_face(path: Path, max_pixels: int) -> _Face:
     if not found.faces:
         raise NoFaceFoundError(path)
     face = found.faces[0]
-    pixels = face_inputs(data, found, [face.crop])[0]
     width, height = found.photo_size
-    return _Face(path, width, height, face.detection.box, len(found.faces), face.crop, pixels)
+    return _Face(path, width, height, face.detection.box, len(found.faces), face.crop, face.passes)
 
 
 def face_record(box: Box, crop: FaceCrop, coords: np.ndarray) -> dict[str, Any]:
@@ -191,9 +248,12 @@ def face_record(box: Box, crop: FaceCrop, coords: np.ndarray) -> dict[str, Any]:
     }
 
 
-def keypoints_record(face: _Face, coords: np.ndarray, *, tta_flip: bool) -> dict[str, Any]:
-    """The JSON written for one photo: keypoint name -> [x, y] in photo pixels, plus the boxes."""
-    fields = face_record(face.box, face.crop, coords)
+def keypoints_record(face: _Face, crop: FaceCrop, coords: np.ndarray, *, tta_flip: bool) -> dict[str, Any]:
+    """The JSON written for one photo: keypoint name -> [x, y] in photo pixels, plus the boxes.
+
+    ``crop`` is the square the final keypoints were predicted on.
+    """
+    fields = face_record(face.box, crop, coords)
     return {
         "image": str(face.path),
         "image_size": {"width": face.width, "height": face.height},
@@ -295,7 +355,7 @@ def predict_photos(
     tta_flip: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[dict[str, Any]]:
-    """Predict the keypoints of the largest face in each photo.
+    """Predict the keypoints of the largest face in each photo (:func:`predict_faces`).
 
     Writes ``<stem>.json`` and ``<stem>_keypoints.png`` per photo into ``out_dir``
     (atomically). Every photo is read and its face found before the model is loaded or
@@ -313,11 +373,14 @@ def predict_photos(
     if not faces:
         return []
     model = resolve_model(model_ref)
-    coords = predict_keypoints(model, np.stack([f.pixels for f in faces]), tta_flip=tta_flip)
     out_dir = Path(out_dir)
     results = []
-    for face, face_coords in zip(faces, coords, strict=True):
-        record = keypoints_record(face, face.crop.to_photo(face_coords), tta_flip=tta_flip)
+    for face in faces:
+        data = read_photo_bytes(face.path, max_pixels=max_pixels)
+        cutter = FaceCutter(data, decode_for_detection(data))
+        predict = functools.partial(predict_keypoints, model, tta_flip=tta_flip)
+        [(crop, coords)] = predict_faces(cutter, [face.crop], predict, [face.passes])
+        record = keypoints_record(face, crop, coords, tta_flip=tta_flip)
         json_path = out_dir / f"{face.path.stem}.json"
         png_path = out_dir / f"{face.path.stem}_keypoints.png"
         ok, png = cv2.imencode(".png", draw_keypoints(read_photo(face.path, max_pixels=max_pixels), record))
