@@ -11,7 +11,7 @@ import pytest
 from fkp.core.keypoints import KEYPOINT_NAMES, MEAN_FACE
 from fkp.errors import DataError
 from fkp.serving import photos
-from fkp.serving.align import fit_crop
+from fkp.serving.align import fit_crop, fit_keypoints
 from fkp.serving.detect import LANDMARK_TEMPLATE
 from fkp.serving.photos import FaceCrop, NoFaceFoundError
 
@@ -75,6 +75,108 @@ def test_alignment_recovers_a_known_transform_and_maps_keypoints_back(angle):
     )
     # the model predicting the mean face on that crop puts it on the face in the photo
     np.testing.assert_allclose(crop.to_photo(mean_face).reshape(15, 2), in_photo, atol=1e-9)
+
+
+def test_predicted_keypoints_frame_the_face_again_and_nonsense_is_refused():
+    """All 15 keypoints give back the crop that puts them on the mean face; stray framings are refused."""
+    truth = FaceCrop(x0=211.3, y0=87.9, size=143.0, angle=12.0)
+    mean_face = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES]).ravel()
+    near = FaceCrop(x0=205.0, y0=95.0, size=150.0, angle=9.0)  # the crop they were predicted on
+    crop = fit_keypoints(truth.to_photo(mean_face), near)
+    assert crop is not None
+    np.testing.assert_allclose(
+        [crop.x0, crop.y0, crop.size, crop.angle], [211.3, 87.9, 143.0, 12.0], atol=1e-9
+    )
+    collapsed = np.tile(truth.to_photo(mean_face)[:2], 15)  # a model answering one point for all
+    assert fit_keypoints(collapsed, near) is None
+    for far in (
+        FaceCrop(x0=211.3 + 60, y0=87.9, size=143.0, angle=12.0),
+        FaceCrop(x0=211.3, y0=87.9, size=143.0 * 1.6, angle=12.0),
+        FaceCrop(x0=211.3, y0=87.9, size=143.0, angle=12.0 + 35),
+    ):
+        assert fit_keypoints(far.to_photo(mean_face), truth) is None
+
+
+def _constant_model(coords: np.ndarray):
+    """A real Keras model answering ``coords`` (30 model-input coordinates) for every face."""
+    import keras
+
+    inputs = keras.Input((96, 96, 1))
+    x = keras.layers.Flatten()(inputs)
+    outputs = keras.layers.Dense(30, kernel_initializer="zeros", bias_initializer="zeros")(x)
+    model = keras.Model(inputs, outputs)
+    model.layers[-1].bias.assign(np.asarray(coords, dtype=np.float32))
+    return model
+
+
+def _faces_photo(faces: list[tuple[np.ndarray, float, tuple[float, float]]], size: tuple[int, int]) -> bytes:
+    """A PNG of gray 96x96 faces enlarged ``zoom`` times, top-left corners at (x, y) off the pixel grid."""
+    width, height = size
+    canvas = np.full((height, width), 128, np.uint8)
+    for face, zoom, (x, y) in faces:
+        place = np.array([[zoom, 0, x + (zoom - 1) / 2], [0, zoom, y + (zoom - 1) / 2]])  # pixel indices
+        cv2.warpAffine(
+            face,
+            place,
+            (width, height),
+            dst=canvas,
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_TRANSPARENT,
+        )
+    ok, png = cv2.imencode(".png", canvas)
+    assert ok
+    return png.tobytes()
+
+
+def test_faces_are_framed_again_by_their_keypoints_small_faces_once_more(tmp_path):
+    """A model whose answer is the mean face moved: each pass reframes by it; the answer is the last crop.
+
+    In a 3000x2000 photo the big face's landmarks come from a copy fine enough: two passes; the
+    small face's are whole pixels of a 640 px copy: three. One model call per pass, the faces batched.
+    """
+    from fkp.core.predictor import predict_keypoints
+    from fkp.serving.web.faces import face_keypoints, locate_faces
+    from fkp.synthetic.sample import generate_sample
+
+    faces = generate_sample(2, 1, 3, workers=1).train_images
+    data = _faces_photo(
+        [(faces[0], 4.0, (1400.37, 700.71)), (faces[1], 1.5, (500.29, 1300.83))], (3000, 2000)
+    )
+    mean_face = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES])
+    moved = ((mean_face - 48.0) * 1.03 + 48.0 + (1.5, -1.0)).ravel()  # a little bigger, right, up
+    model = _constant_model(moved)
+    batches: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        batches.append(len(x))
+        return predict_keypoints(model, x, tta_flip=False)
+
+    decoded = photos.decode_for_detection(data)
+    first = photos.find_faces(decoded).faces
+    assert [f.passes for f in first] == [2, 3]
+    answer = face_keypoints(locate_faces(data, decoded, 4), predict)
+    assert batches == [2, 2, 1]
+    for face, found in zip(answer, first, strict=True):
+        crop = found.crop
+        for _ in range(found.passes - 1):
+            crop = fit_crop(crop.to_photo(moved).reshape(15, 2), mean_face)
+        got = face["crop_box"]
+        np.testing.assert_allclose(
+            [got["x"], got["y"], got["size"], got["angle"]],
+            [crop.x0, crop.y0, crop.size, crop.angle],
+            atol=0.01,
+        )
+        points = np.array(list(face["keypoints"].values())).ravel()
+        np.testing.assert_allclose(points, crop.to_photo(moved), atol=0.02)
+
+    # fkp predict photo.jpg frames its (largest) face the same way
+    path = tmp_path / "two.png"
+    path.write_bytes(data)
+    keras_path = tmp_path / "moved.keras"
+    model.save(keras_path)
+    [record] = photos.predict_photos(keras_path, [path], tmp_path / "out", tta_flip=False)
+    assert record["crop_box"] == answer[0]["crop_box"]
+    assert record["keypoints"] == answer[0]["keypoints"]
 
 
 def _blob_photo(width: int, height: int, cx: float, cy: float, sigma: float = 6.0) -> np.ndarray:
