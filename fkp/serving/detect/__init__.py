@@ -70,14 +70,13 @@ class Detection:
         return Detection(self.box.scaled(fx, fy), self.score, self.landmarks * (fx, fy))
 
 
-def detection_size(width: int, height: int, *, max_side: int, max_pixels: int) -> tuple[int, int]:
-    """The ``(width, height)`` of the copy a picture is searched on, of the same shape.
+def detection_factor(width: int, height: int, *, max_side: int, max_pixels: int) -> float:
+    """How much a ``width`` x ``height`` picture is shrunk for the detector (1.0: not at all).
 
-    Its longer side is at most ``max_side`` and its pixel count at most ``max_pixels``, give or
-    take the rounding of each side.
+    The copy's longer side is then at most ``max_side`` and its pixel count at most
+    ``max_pixels``, give or take the rounding of each side.
     """
-    factor = min(1.0, max_side / max(width, height), math.sqrt(max_pixels / (width * height)))
-    return max(1, round(width * factor)), max(1, round(height * factor))
+    return min(1.0, max_side / max(width, height), math.sqrt(max_pixels / (width * height)))
 
 
 def detect_faces(
@@ -86,14 +85,18 @@ def detect_faces(
     """The faces of an 8-bit gray or BGR picture in its own pixel coordinates, largest first.
 
     A picture with a side over ``max_side`` or more than ``max_pixels`` pixels is shrunk for the
-    detector (:func:`detection_size`) and the detections scaled back.
+    detector (:func:`detection_factor`) and the detections scaled back.
     """
     from fkp.serving.detect import yunet
 
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3]
     height, width = bgr.shape[:2]
-    size = detection_size(width, height, max_side=max_side, max_pixels=max_pixels)
-    if size != (width, height):
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-    found = [d.scaled(width / size[0], height / size[1]) for d in yunet.detect(np.ascontiguousarray(bgr))]
+    factor = detection_factor(width, height, max_side=max_side, max_pixels=max_pixels)
+    if factor < 1.0:
+        # A picture within max_side is shrunk by the pixel limit alone, by at most 1.22x: bilinear
+        # is as good there, and OpenCV's area averaging took 3 ms of CPU (and its second thread)
+        # for 640x480 -> 604x453 against 0.8 ms. Larger pictures are averaged, as before.
+        interpolation = cv2.INTER_LINEAR if max(width, height) <= max_side else cv2.INTER_AREA
+        bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=interpolation)
+    found = [d.scaled(1.0 / factor) for d in yunet.detect(np.ascontiguousarray(bgr))]
     return sorted(found, key=lambda d: d.box.area, reverse=True)
