@@ -42,7 +42,7 @@ def serve(
     from fkp.serving.web.model import ModelHolder, load
     from fkp.tracking import default_tracking_uri
 
-    keep_freed_memory()  # before anything is allocated: every photo then reuses the last one's memory
+    keep_freed_memory()  # before the model is loaded: each photo then reuses the last one's memory
     mlflow.set_tracking_uri(default_tracking_uri())
     served = load(model_ref, tta_flip=tta_flip)
     app = create_app(ModelHolder(served), limits, workers=workers, poll_seconds=poll_seconds)
