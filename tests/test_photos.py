@@ -12,7 +12,7 @@ from fkp.core.keypoints import KEYPOINT_NAMES, MEAN_FACE
 from fkp.errors import DataError
 from fkp.serving import photos
 from fkp.serving.align import fit_crop, fit_keypoints
-from fkp.serving.detect import LANDMARK_TEMPLATE
+from fkp.serving.detect import DETECT_MAX_PIXELS, DETECT_MAX_SIDE, LANDMARK_TEMPLATE, detection_factor
 from fkp.serving.photos import FaceCrop, NoFaceFoundError
 
 
@@ -229,6 +229,25 @@ def test_detects_a_drawn_face_and_its_eyes_where_they_are():
     assert 120 < box.w < 300
     # the subject's right eye on the image's left, as the Kaggle names say
     np.testing.assert_allclose(eyes, [[370, 198], [430, 198]], atol=12)
+
+
+@pytest.mark.parametrize(
+    ("photo", "copy"),
+    [
+        ((400, 300), (400, 300)),  # small enough: searched as it is
+        ((640, 480), (604, 453)),  # 4:3: fewer pixels, same shape
+        ((480, 640), (453, 604)),
+        ((1920, 1080), (640, 360)),  # wide photos: the longer side decides, as before
+        ((3000, 2000), (640, 427)),
+        ((8000, 6000), (604, 453)),
+    ],
+)
+def test_detection_copy_keeps_the_shape_within_both_limits(photo, copy):
+    factor = detection_factor(*photo, max_side=DETECT_MAX_SIDE, max_pixels=DETECT_MAX_PIXELS)
+    shrunk = cv2.resize(np.zeros(photo[::-1], np.uint8), None, fx=factor, fy=factor) if factor < 1 else None
+    size = photo if shrunk is None else shrunk.shape[::-1]
+    assert size == copy
+    assert max(size) <= DETECT_MAX_SIDE and size[0] * size[1] <= DETECT_MAX_PIXELS + sum(size)
 
 
 def test_large_photo_is_detected_on_a_shrunk_copy_in_full_size_coordinates():

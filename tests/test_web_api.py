@@ -98,7 +98,9 @@ def test_photo_answer_is_the_models_prediction_mapped_into_the_photo(server, ker
         assert set(answer["timing_ms"]) == {"decode", "detect", "predict", "total"}
         [face] = answer["faces"]
         got = _points(face)
-        np.testing.assert_allclose(got, _expected(keras_model, photo.data, face["crop_box"]), atol=0.02)
+        # crop_box and keypoints are rounded to 0.01 (px and deg): 0.005 deg turns a point ~200 px
+        # from the corner by 0.017 px, plus 0.005 px for the corner and for the answer's rounding
+        np.testing.assert_allclose(got, _expected(keras_model, photo.data, face["crop_box"]), atol=0.03)
         # the face the server framed holds the true keypoints of the rendered face
         box, crop = face["face_box"], face["crop_box"]
         truth = photo.keypoints

@@ -10,6 +10,7 @@ compiled into the ``yuface`` wheel: nothing is downloaded at run time. Alignment
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -46,6 +47,12 @@ LANDMARK_TEMPLATE = np.array(
 #: with the pixel count, and a face it can find at this size (from ~12 px) is big enough to frame.
 DETECT_MAX_SIDE = 640
 
+#: ... and to about this many pixels. A 4:3 photo is looked at as 604x453 instead of 640x480,
+#: which YuNet searches in 29 ms of CPU instead of 32. The copies of 3:2 and 16:9 photos (640x427,
+#: 640x360) are within it, so they are searched as before: a limit of 640x360 pixels lost 8 of
+#: the 177 small faces found in the 3000x2000 benchmark photos.
+DETECT_MAX_PIXELS = 604 * 453
+
 
 @dataclass(frozen=True)
 class Box:
@@ -80,16 +87,33 @@ class Detection:
         return Detection(self.box.scaled(fx, fy), self.score, self.landmarks * (fx, fy))
 
 
-def detect_faces(image: np.ndarray, *, max_side: int = DETECT_MAX_SIDE) -> list[Detection]:
+def detection_factor(width: int, height: int, *, max_side: int, max_pixels: int) -> float:
+    """How much a ``width`` x ``height`` picture is shrunk for the detector (1.0: not at all).
+
+    The copy's longer side is then at most ``max_side`` and its pixel count at most
+    ``max_pixels``, give or take the rounding of each side.
+    """
+    return min(1.0, max_side / max(width, height), math.sqrt(max_pixels / (width * height)))
+
+
+def detect_faces(
+    image: np.ndarray, *, max_side: int = DETECT_MAX_SIDE, max_pixels: int = DETECT_MAX_PIXELS
+) -> list[Detection]:
     """The faces of an 8-bit gray or BGR picture in its own pixel coordinates, largest first.
 
-    A picture larger than ``max_side`` is shrunk for the detector and the detections scaled back.
+    A picture with a side over ``max_side`` or more than ``max_pixels`` pixels is shrunk for the
+    detector (:func:`detection_factor`) and the detections scaled back.
     """
     from fkp.serving.detect import yunet
 
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3]
-    factor = min(1.0, max_side / max(bgr.shape[:2]))
+    height, width = bgr.shape[:2]
+    factor = detection_factor(width, height, max_side=max_side, max_pixels=max_pixels)
     if factor < 1.0:
-        bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        # A picture within max_side is shrunk by the pixel limit alone, by at most 1.22x: bilinear
+        # is as good there, and OpenCV's area averaging took 3 ms of CPU (and its second thread)
+        # for 640x480 -> 604x453 against 0.8 ms. Larger pictures are averaged, as before.
+        interpolation = cv2.INTER_LINEAR if max(width, height) <= max_side else cv2.INTER_AREA
+        bgr = cv2.resize(bgr, None, fx=factor, fy=factor, interpolation=interpolation)
     found = [d.scaled(1.0 / factor) for d in yunet.detect(np.ascontiguousarray(bgr))]
     return sorted(found, key=lambda d: d.box.area, reverse=True)

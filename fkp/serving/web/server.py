@@ -37,10 +37,12 @@ def serve(
     import mlflow
     import uvicorn
 
+    from fkp.serving.heap import keep_freed_memory
     from fkp.serving.web.app import create_app
     from fkp.serving.web.model import ModelHolder, load
     from fkp.tracking import default_tracking_uri
 
+    keep_freed_memory()  # before the model is loaded: each photo then reuses the last one's memory
     mlflow.set_tracking_uri(default_tracking_uri())
     served = load(model_ref, tta_flip=tta_flip)
     app = create_app(ModelHolder(served), limits, workers=workers, poll_seconds=poll_seconds)
