@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -372,3 +373,30 @@ def test_a_face_in_a_photo_is_framed_like_the_training_faces():
         errors.append(np.sqrt(np.mean((in_crop - truth)[seen] ** 2)))
     assert 0.93 < np.mean(scales) < 1.07, np.mean(scales)
     assert np.mean(errors) < 5.0, np.mean(errors)
+
+
+def test_detection_uses_every_core_with_threads_that_sleep_between_photos():
+    """The detector's OpenMP runtime is set up for the cores at hand and passive waiting.
+
+    A fresh process, since the runtime reads its settings once when it is loaded; it prints them
+    (OMP_DISPLAY_ENV) and the calling thread's thread count is read back from that same runtime.
+    """
+    import subprocess
+    import sys
+
+    code = """
+import ctypes, glob, os
+import numpy as np
+import yuface
+from fkp.serving.detect import yunet
+yunet.detect(np.zeros((64, 64, 3), np.uint8))
+[path] = glob.glob(os.path.join(os.path.dirname(yuface.__file__), "..", "yuface.libs", "libgomp-*.so*"))
+print(ctypes.CDLL(path).omp_get_max_threads(), yunet.detection_threads(), os.environ.get("OMP_NUM_THREADS"))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")} | {"OMP_DISPLAY_ENV": "true"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    threads, wanted, left = done.stdout.split()
+    assert threads == wanted == str(min(4, len(os.sched_getaffinity(0)))), done.stdout
+    assert left == "None"  # the process's own environment is left as it was
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr, done.stderr

@@ -13,6 +13,10 @@ own, so a huge photo's memory is returned as before.
 All threads share one arena: with glibc's arena per thread, after a run of concurrent requests
 a 640x480 photo's detection took 37-41 ms instead of 31 (no page faults; memory spread over the
 worker threads' arenas), and stayed at 31 ms with one.
+
+These are glibc's own tunables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
+``MALLOC_ARENA_MAX`` in the environment); ``mallopt`` sets the same values from inside, because
+``fkp serve`` is started by users and services that would each have to export them first.
 """
 
 from __future__ import annotations

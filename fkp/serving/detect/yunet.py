@@ -20,23 +20,39 @@ from fkp.serving.detect import Box, Detection
 MIN_SCORE = 0.5
 
 
+#: OpenMP threads of one detection: at most this many, and no more than the cores this process may use.
+MAX_THREADS = 4
+
+
+def detection_threads() -> int:
+    """How many OpenMP threads one detection uses: every usable core, up to :data:`MAX_THREADS`."""
+    return max(1, min(MAX_THREADS, len(os.sched_getaffinity(0))))
+
+
 @cache
 def _library() -> Callable[[np.ndarray], np.ndarray]:
-    """The detector, loaded once with a single OpenMP thread.
+    """The detector, loaded once; a detection runs on :func:`detection_threads` sleeping-when-idle threads.
 
-    Its bundled libgomp reads ``OMP_NUM_THREADS`` once, when it is loaded. ``fkp serve`` already
-    runs photos in parallel threads; spinning OpenMP threads fighting them and TensorFlow for
-    two cores made one 640x480 detection ~10x slower (968 ms against 89 ms, measured under load).
+    Its bundled libgomp reads ``OMP_NUM_THREADS`` and ``OMP_WAIT_POLICY`` once, when it is loaded.
+    The wheel's ``detect`` holds the GIL, so ``fkp serve``'s request threads detect one photo at a
+    time however many clients there are: the only way a detection uses the second core is
+    OpenMP. One 604x453 detection took 41 ms on one thread and 32 ms on two; two request
+    threads detecting at once got 24 photos/s with one OpenMP thread each and 39 with two
+    (in-process, idle 2-core machine). ``PASSIVE`` makes the waiting threads sleep instead of
+    spinning: spinning ones fought TensorFlow and the other requests for the cores and made a
+    640x480 detection ~10x slower under load (968 ms against 89 ms).
     """
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    wanted = {"OMP_NUM_THREADS": str(detection_threads()), "OMP_WAIT_POLICY": "PASSIVE"}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
     try:
         from yuface.yuface import detect
     finally:
-        if saved is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+        for name, value in saved.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     return detect
 
 
