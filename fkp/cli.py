@@ -168,10 +168,14 @@ def _predict_photos(args: argparse.Namespace, tta: bool) -> int:
 
     try:
         max_pixels = _params(args).limits.photo_max_pixels
-        predict_photos(args.model, args.images, args.out, tta_flip=tta, max_pixels=max_pixels)
+        results = predict_photos(args.model, args.images, args.out, tta_flip=tta, max_pixels=max_pixels)
     except NoFaceFoundError as exc:
         print(f"fkp predict: {exc}", file=sys.stderr)
         return 3
+    for result in results:
+        n = result["faces_detected"]
+        faces = f"{n} faces, the largest" if n > 1 else "1 face"
+        print(f"{result['image']}: {faces} -> {result['json']}, drawn in {result['overlay']}")
     return 0
 
 

@@ -400,3 +400,23 @@ print(ctypes.CDLL(path).omp_get_max_threads(), yunet.detection_threads(), os.env
     assert threads == wanted == str(min(4, len(os.sched_getaffinity(0)))), done.stdout
     assert left == "None"  # the process's own environment is left as it was
     assert "OMP_WAIT_POLICY = 'PASSIVE'" in done.stderr, done.stderr
+
+
+def test_fkp_predict_says_what_it_wrote_for_each_photo(tmp_path, keras_file, capsys):
+    from fkp.cli import main
+
+    one, two = tmp_path / "one.jpg", tmp_path / "two.png"
+    cv2.imwrite(str(one), _draw_face(560, 420, centre=(300, 200), size=220))
+    pair = np.hstack(
+        [_draw_face(480, 420, centre=(240, 200), size=220), _draw_face(480, 420, centre=(240, 200), size=180)]
+    )
+    cv2.imwrite(str(two), pair)
+    assert (
+        main(["predict", "--model", str(keras_file), str(one), str(two), "--out", str(tmp_path / "out")]) == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    out = tmp_path / "out"
+    assert lines == [
+        f"{one}: 1 face -> {out / 'one.json'}, drawn in {out / 'one_keypoints.png'}",
+        f"{two}: 2 faces, the largest -> {out / 'two.json'}, drawn in {out / 'two_keypoints.png'}",
+    ]
