@@ -97,7 +97,7 @@ def decode_for_detection(data: bytes, *, max_side: int = DETECT_MAX_SIDE) -> Dec
 
 
 def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFaces:
-    """Every face of a photo (its :func:`decode_for_detection`), largest first, framed on the mean face."""
+    """Every face of a photo (its :func:`decode_for_detection`), largest first, framed by its landmarks."""
     sx, sy = decoded.scale
     shrink = min(1.0, max_side / max(decoded.pixels.shape[:2]))  # detect_faces' copy of the decode
     landmark_scale = min(sx, sy) * shrink  # detector pixels per photo pixel

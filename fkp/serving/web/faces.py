@@ -1,7 +1,7 @@
 """An uploaded photo -> the faces in it -> their keypoints in photo pixels.
 
 The same steps as ``fkp predict photo.jpg`` (:mod:`fkp.serving.photos`): faces found and
-framed on the Kaggle mean face, cut out at 96x96, predicted and framed again
+framed by the detector's landmarks, cut out at 96x96, predicted and framed again
 (:func:`fkp.serving.photos.predict_faces`), mapped back. A 96x96 image is taken to be such a
 crop already and goes to the model as it is, once.
 """
