@@ -106,3 +106,42 @@ def test_photo_benchmark_scores_found_faces_speed_and_memory_of_a_live_server(
     text = out.read_text()
     assert "hand-written" in text and text.count("<!-- photos:test:begin -->") == 1
     assert "people the model never trained on" in text
+
+
+def test_framing_conventions_move_the_face_in_the_frame_as_named():
+    from benchmarks.framings import fit_scale_shift, moved
+    from fkp.core.keypoints import MEAN_FACE
+
+    mean = np.array([MEAN_FACE[k] for k in KEYPOINT_NAMES])
+    photo = mean * 3.0 + (100.0, 50.0)  # a face 3x the model's size somewhere in a photo
+    crop = fit_scale_shift(photo, mean)
+    assert crop.to_crop(photo.ravel()).reshape(-1, 2) == pytest.approx(mean)
+    centre = np.array([48.0, 48.0])
+    larger = moved(crop, 1.12).to_crop(photo.ravel()).reshape(-1, 2)
+    assert larger - centre == pytest.approx((mean - centre) * 1.12)
+    lower = moved(crop, dy=4.0).to_crop(photo.ravel()).reshape(-1, 2)
+    assert lower == pytest.approx(mean + (0.0, 4.0))
+
+    def roll(points: np.ndarray) -> float:
+        eyes = (
+            points[KEYPOINT_NAMES.index("left_eye_center")] - points[KEYPOINT_NAMES.index("right_eye_center")]
+        )
+        return float(np.degrees(np.arctan2(eyes[1], eyes[0])))
+
+    turned = moved(crop, angle=10.0).to_crop(photo.ravel()).reshape(-1, 2)
+    assert roll(turned) - roll(mean) == pytest.approx(-10.0)  # the frame turned 10 deg clockwise
+
+
+def test_framing_benchmark_scores_each_convention_on_the_unseen_people(photo_set, held_out_model, tmp_path):
+    from benchmarks.framings import conventions
+
+    report_file = tmp_path / "framings.json"
+    command = [sys.executable, "-m", "benchmarks.framings", "--photos", str(photo_set)]
+    command += ["--model", str(held_out_model), "--json", str(report_file)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 photos of 1 unseen people" in result.stdout  # group 0 only
+    (scores,) = json.loads(report_file.read_text()).values()
+    assert list(scores) == list(conventions(0))
+    assert all(0 < s < 48 for s in scores.values())
