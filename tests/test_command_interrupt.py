@@ -182,6 +182,28 @@ def test_an_exception_in_the_caller_stops_the_command() -> None:
     wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
 
 
+def test_a_second_termination_does_not_cut_the_commands_cleanup_short() -> None:
+    # Prefect's runner signals a cancelled flow once per cancellation path that saw the cancel (event
+    # stream, polling): the second SIGTERM came while the training cleaned up and killed it, and its
+    # MLflow run was left RUNNING.
+    runner = python(
+        "import signal, sys\n"
+        "from fkp.orchestration import pipeline\n"
+        "def terminated(signum, frame): raise SystemExit('terminated')\n"
+        "signal.signal(signal.SIGTERM, terminated)\n"
+        f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
+    )
+    line = runner.stdout.readline()
+    assert "command: running" in line, line
+    pgid = os.getpgid(int(line.rsplit(" ", 1)[1]))
+    runner.send_signal(signal.SIGTERM)
+    assert "cleaning up" in runner.stdout.readline()
+    runner.send_signal(signal.SIGTERM)  # the command is cleaning up (1 s)
+    out, _ = runner.communicate(timeout=30)
+    assert "command: clean" in out and "terminated" in out, out
+    wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
+
+
 def test_an_interrupt_that_lands_in_a_logging_handler_still_stops_the_command() -> None:
     # A pool worker spends its time printing the command's lines through logging (Prefect's run logger),
     # and logging swallows any Exception raised while it formats or writes ("--- Logging error ---"): an

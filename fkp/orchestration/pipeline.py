@@ -334,8 +334,9 @@ def _stream(
     terminated or cancelled), the whole group gets one SIGINT, as from Ctrl-C in a terminal: DVC lets
     its stage command stop (a training ends its MLflow run) and removes its temporary workspace. The
     rest of the output is still streamed; the group is killed if it is not gone after
-    :data:`INTERRUPT_GRACE_S` seconds or at a second interruption, and the interruption is re-raised
-    only then, so a caller holding the pipeline lock releases it when nothing of the command is left.
+    :data:`INTERRUPT_GRACE_S` seconds (a second interruption does not shorten that), and the
+    interruption is re-raised only then, so a caller holding the pipeline lock releases it when
+    nothing of the command is left.
     The signal of :func:`stop_commands_on` stops the command the same way.
     """
     global _running
@@ -412,19 +413,32 @@ def _start_running(process: subprocess.Popen[str]) -> None:
 
 
 def _stop_group(process: subprocess.Popen[str], take: Callable[[str], None], grace: float) -> None:
-    """SIGINT to the command's process group; its output until it exits; SIGKILL after ``grace`` s."""
+    """SIGINT to the command's process group; its output until it exits; SIGKILL after ``grace`` s.
+
+    Further interruptions meanwhile do not cut the command's cleanup short (the grace period bounds
+    it): Prefect's runner signals a cancelled flow once per cancellation path that sees the cancel
+    (its event stream and its polling both may), and a second SIGTERM that killed the command at once
+    left its MLflow run RUNNING. Errors (``Exception``) still end the wait.
+    """
     _signal_group(process.pid, signal.SIGINT)
     killer = threading.Timer(grace, _signal_group, (process.pid, signal.SIGKILL))
     killer.daemon = True
     killer.start()
+    assert process.stdout is not None
     try:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            take(raw)
-        process.wait()
+        while True:
+            try:
+                for raw in process.stdout:
+                    take(raw)
+                process.wait()
+                return
+            except Exception:
+                raise
+            except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal: keep waiting
+                continue
     finally:
         killer.cancel()
-        _signal_group(process.pid, signal.SIGKILL)  # what outlived the command, or all at a 2nd interrupt
+        _signal_group(process.pid, signal.SIGKILL)  # what outlived the command
 
 
 def _signal_group(pgid: int, signum: int) -> None:
