@@ -1,7 +1,8 @@
-"""Robustness: the validation faces as other cameras would deliver them, scored one distortion at a time.
+"""Robustness: the validation faces as other cameras and sources would deliver them, one distortion at a time.
 
 Each distortion is a pure, seeded function of uint8 faces (n, 96, 96) and their pixel keypoints
-(n, 30); only the geometric one moves the keypoints. They are implemented with OpenCV and NumPy,
+(n, 30); the geometric ones (rotation/scale, and the framings of other sources: a tighter crop, a
+face off centre) move the keypoints with the pixels. They are implemented with OpenCV and NumPy,
 independently of the training augmentation (:mod:`fkp.core.augment`, TensorFlow), and at fixed
 severities at or beyond the training ranges, so a good score cannot come from the test
 reproducing the training code. The scores are RMSE in pixels over the observed labels, as everywhere.
@@ -52,12 +53,10 @@ def gamma(images, keypoints, rng, value: float = 1.0) -> Faces:
     return table[images], keypoints
 
 
-def rotate_scale(images, keypoints, rng, degrees: float = 15.0, scale: float = 0.9) -> Faces:
-    """Rotated by +-``degrees`` (alternating) and scaled by ``scale`` about the centre; keypoints follow."""
-    centre = ((IMAGE_SIZE - 1) / 2.0, (IMAGE_SIZE - 1) / 2.0)
+def _warp(images: np.ndarray, keypoints: np.ndarray, matrices: list[np.ndarray]) -> Faces:
+    """Each face warped by its 2x3 affine ``matrices[i]`` (pixel-index coordinates); keypoints follow."""
     out_images, out_points = [], []
-    for i, (im, kp) in enumerate(zip(images, keypoints, strict=True)):
-        m = cv2.getRotationMatrix2D(centre, degrees if i % 2 == 0 else -degrees, scale)
+    for im, kp, m in zip(images, keypoints, matrices, strict=True):
         out_images.append(
             cv2.warpAffine(
                 im, m, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
@@ -67,6 +66,28 @@ def rotate_scale(images, keypoints, rng, degrees: float = 15.0, scale: float = 0
         moved = points @ m[:, :2].T + m[:, 2] + PIXEL_CENTER
         out_points.append(moved.reshape(-1))  # NaN (unlabelled) stays NaN
     return np.stack(out_images), np.stack(out_points).astype(np.float32)
+
+
+_CENTRE = ((IMAGE_SIZE - 1) / 2.0, (IMAGE_SIZE - 1) / 2.0)
+
+
+def rotate_scale(images, keypoints, rng, degrees: float = 15.0, scale: float = 0.9) -> Faces:
+    """Rotated by +-``degrees`` (alternating) and scaled by ``scale`` about the centre; keypoints follow."""
+    signs = [1 if i % 2 == 0 else -1 for i in range(len(images))]
+    return _warp(images, keypoints, [cv2.getRotationMatrix2D(_CENTRE, s * degrees, scale) for s in signs])
+
+
+def zoom(images, keypoints, rng, scale: float = 1.12) -> Faces:
+    """The face ``scale`` times larger in its frame: a source that crops its faces tighter."""
+    return _warp(images, keypoints, [cv2.getRotationMatrix2D(_CENTRE, 0.0, scale)] * len(images))
+
+
+def offset(images, keypoints, rng, pixels: float = 4.0) -> Faces:
+    """The face ``pixels`` off the centre of its frame, in turn down, up, right and left: a source
+    whose crops sit the face elsewhere (a detector box centred on the forehead, or on the chin)."""
+    steps = [(0, pixels), (0, -pixels), (pixels, 0), (-pixels, 0)]
+    shifts = [steps[i % len(steps)] for i in range(len(images))]
+    return _warp(images, keypoints, [np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]]) for dx, dy in shifts])
 
 
 def occlusion(images, keypoints, rng, side: int = 28) -> Faces:
@@ -85,6 +106,8 @@ DISTORTIONS: dict[str, Distortion] = {
     "gamma_bright": lambda im, kp, rng: gamma(im, kp, rng, 0.6),
     "gamma_dark": lambda im, kp, rng: gamma(im, kp, rng, 1.6),
     "rotate_scale": rotate_scale,
+    "zoom": zoom,
+    "offset": offset,
     "occlusion": occlusion,
 }
 #: What each distortion is, for tables and pictures.
@@ -96,6 +119,8 @@ DESCRIPTIONS = {
     "gamma_bright": "gamma 0.6 (brighter)",
     "gamma_dark": "gamma 1.6 (darker)",
     "rotate_scale": "rotation +-15 deg and scale 0.9",
+    "zoom": "face 12 % larger in its frame",
+    "offset": "face 4 px off centre (down, up, right or left)",
     "occlusion": "grey 28 px square at a random place",
 }
 

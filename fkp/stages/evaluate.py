@@ -47,8 +47,8 @@ def predict_validation(
     """Predict the validation rows with a model path or MLflow URI and score them.
 
     ``robustness`` adds ``robustness_rmse``: the RMSE on the same faces under each distortion
-    of :mod:`fkp.core.robustness` (blur, noise, JPEG, gamma, rotation/scale, occlusion), and its
-    summary ``worst_distortion_rmse``.
+    of :mod:`fkp.core.robustness` (blur, noise, JPEG, gamma, rotation/scale, a tighter or
+    off-centre framing, occlusion), and its summary ``worst_distortion_rmse``.
     """
     from fkp.core.predictor import load_model, predict_keypoints
 
