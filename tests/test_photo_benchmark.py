@@ -142,6 +142,8 @@ def test_framing_benchmark_scores_each_convention_on_the_unseen_people(photo_set
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 photos of 1 unseen people" in result.stdout  # group 0 only
-    (scores,) = json.loads(report_file.read_text()).values()
-    assert list(scores) == list(conventions(0))
-    assert all(0 < s < 48 for s in scores.values())
+    report = json.loads(report_file.read_text())
+    assert [key.rsplit(" ", 2)[-2:] for key in report] == [["one", "look"], ["second", "look"]]
+    for scores in report.values():
+        assert list(scores) == list(conventions(0))
+        assert all(0 < s < 48 for s in scores.values())

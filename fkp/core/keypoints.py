@@ -66,6 +66,8 @@ MEAN_FACE: dict[str, tuple[float, float]] = {
     "mouth_center_top_lip": (47.975, 72.920),
     "mouth_center_bottom_lip": (48.570, 78.970),
 }
+#: :data:`MEAN_FACE` as a (15, 2) array in Kaggle column order.
+MEAN_KEYPOINTS = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES])
 
 IMAGE_COLUMN = "Image"
 TRAINING_COLUMNS: tuple[str, ...] = (*COORD_COLUMNS, IMAGE_COLUMN)

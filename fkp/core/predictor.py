@@ -120,26 +120,43 @@ def _predictor(model: keras.Model, tta_flip: bool) -> Predictor:
 
 
 def predict_model_input(
-    model: keras.Model, x: np.ndarray, *, tta_flip: bool = True, batch_size: int = 256
+    model: keras.Model,
+    x: np.ndarray,
+    *,
+    tta_flip: bool = True,
+    batch_size: int = 256,
+    second_look: bool = True,
 ) -> np.ndarray:
     """(n, 30) pixel coordinates for float model input ``x`` (n, 96, 96, 1) in 0..1.
 
     With ``tta_flip`` the prediction is averaged with the one for the mirrored image
-    (mapped back), which cancels part of the model's left/right bias.
+    (mapped back), which cancels part of the model's left/right bias. With ``second_look``
+    faces framed far from the training framing are framed again and predicted again
+    (:mod:`fkp.core.reframe`); callers that frame faces themselves (the photo path) turn it off.
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4 or x.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
         raise ValueError(f"model input must have shape (n, 96, 96, 1), got {x.shape}")
     if len(x) == 0:
         return np.empty((0, N_COORDS), dtype=np.float32)
-    out = predict_batches(_predictor(model, tta_flip), x, batch_size)
+    predictor = _predictor(model, tta_flip)
+    out = predict_batches(predictor, x, batch_size)
     if out.shape != (len(x), N_COORDS):
         raise ValueError(f"model output has shape {out.shape}, expected ({len(x)}, {N_COORDS})")
+    if second_look:
+        from fkp.core.reframe import second_look as look_again
+
+        out = look_again(lambda framed: predict_batches(predictor, framed, batch_size), x, out)
     return out
 
 
 def predict_keypoints(
-    model: keras.Model, images_u8: np.ndarray, *, tta_flip: bool = True, batch_size: int = 256
+    model: keras.Model,
+    images_u8: np.ndarray,
+    *,
+    tta_flip: bool = True,
+    batch_size: int = 256,
+    second_look: bool = True,
 ) -> np.ndarray:
     """(n, 30) pixel coordinates in Kaggle column order for uint8 faces (n, 96, 96)."""
     images = np.asarray(images_u8)
@@ -147,4 +164,6 @@ def predict_keypoints(
         raise ValueError(f"images must have shape (n, 96, 96), got {images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 pixels 0..255, got dtype {images.dtype}")
-    return predict_model_input(model, to_model_input(images), tta_flip=tta_flip, batch_size=batch_size)
+    return predict_model_input(
+        model, to_model_input(images), tta_flip=tta_flip, batch_size=batch_size, second_look=second_look
+    )

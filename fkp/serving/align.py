@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fkp.core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_FACE, PIXEL_CENTER
-
-_MEAN_KEYPOINTS = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES])  # (15, 2), Kaggle order
+from fkp.core.keypoints import IMAGE_SIZE, MEAN_KEYPOINTS, PIXEL_CENTER
+from fkp.core.reframe import similarity
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,7 @@ def fit_crop(landmarks: np.ndarray, reference: np.ndarray) -> FaceCrop:
     """
     photo = np.asarray(landmarks, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
-    p = photo[:, 0] + 1j * photo[:, 1]
-    q = ref[:, 0] + 1j * ref[:, 1]
-    pc, qc = p - p.mean(), q - q.mean()
-    a = np.vdot(qc, pc) / np.vdot(qc, qc).real
-    t = p.mean() - a * q.mean()
+    (a,), (t,) = similarity(photo[None], ref)
     return FaceCrop(float(t.real), float(t.imag), float(abs(a)) * IMAGE_SIZE, math.degrees(np.angle(a)))
 
 
@@ -91,7 +86,7 @@ def fit_keypoints(coords: np.ndarray, previous: FaceCrop) -> FaceCrop | None:
 
     ``None`` when that crop strays further from ``previous`` than :data:`MAX_REFRAME` allows.
     """
-    crop = fit_crop(np.asarray(coords, dtype=np.float64).reshape(-1, 2), _MEAN_KEYPOINTS)
+    crop = fit_crop(np.asarray(coords, dtype=np.float64).reshape(-1, 2), MEAN_KEYPOINTS)
     shift, ratio, turn = MAX_REFRAME
     centre = np.array([IMAGE_SIZE / 2, IMAGE_SIZE / 2])
     moved = np.linalg.norm(crop.to_photo(centre) - previous.to_photo(centre)) / previous.size

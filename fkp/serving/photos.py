@@ -380,7 +380,7 @@ def predict_photos(
     for face in faces:
         data = read_photo_bytes(face.path, max_pixels=max_pixels)
         cutter = FaceCutter(data, decode_for_detection(data))
-        predict = functools.partial(predict_keypoints, model, tta_flip=tta_flip)
+        predict = functools.partial(predict_keypoints, model, tta_flip=tta_flip, second_look=False)
         [(crop, coords)] = predict_faces(cutter, [face.crop], predict, [face.passes])
         record = keypoints_record(face, crop, coords, tta_flip=tta_flip)
         json_path = out_dir / f"{face.path.stem}.json"

@@ -16,6 +16,7 @@ answering health checks while photos are predicted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -153,7 +154,9 @@ def keypoints_answer(data: bytes, limits: Limits, served: ServedModel, max_faces
             "no_face_found",
             "no face found in the photo: send a photo with a face, or a 96x96 face crop",
         )
-    faces = face_keypoints(found, served.predict)
+    # a 96x96 upload is a crop someone else framed: it gets the model's second look at its framing
+    predict = functools.partial(served.predict, second_look=found.is_crop)
+    faces = face_keypoints(found, predict)
     t3 = time.perf_counter()
     return {
         "model": served.describe(),

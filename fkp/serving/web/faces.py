@@ -3,7 +3,8 @@
 The same steps as ``fkp predict photo.jpg`` (:mod:`fkp.serving.photos`): faces found and
 framed by the detector's landmarks, cut out at 96x96, predicted and framed again
 (:func:`fkp.serving.photos.predict_faces`), mapped back. A 96x96 image is taken to be such a
-crop already and goes to the model as it is, once.
+crop already and goes to the model as it is, once (with the model's second look at a face it
+finds framed far off, :mod:`fkp.core.reframe`).
 """
 
 from __future__ import annotations

@@ -58,11 +58,15 @@ class ServedModel:
             }
         return {"ref": self.ref, "uri": self.uri, "name": self.name, "version": self.version}
 
-    def predict(self, crops_u8: np.ndarray) -> np.ndarray:
-        """(n, 30) model-input coordinates for uint8 (n, 96, 96) crops."""
+    def predict(self, crops_u8: np.ndarray, *, second_look: bool = False) -> np.ndarray:
+        """(n, 30) model-input coordinates for uint8 (n, 96, 96) crops.
+
+        Crops the photo path framed get no second look (:mod:`fkp.core.reframe`): it frames each
+        face again from the photo itself; a 96x96 upload, framed by whoever cut it, does.
+        """
         from fkp.core.predictor import predict_keypoints
 
-        return predict_keypoints(self.keras_model, crops_u8, tta_flip=self.tta_flip)
+        return predict_keypoints(self.keras_model, crops_u8, tta_flip=self.tta_flip, second_look=second_look)
 
 
 def alias_target(ref: str) -> tuple[str, str] | None:
