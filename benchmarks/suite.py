@@ -232,7 +232,7 @@ def render(
         "",
         "The same validation faces, distorted one way at a time at a fixed severity "
         "(`fkp/core/robustness.py`, OpenCV, independent of the training augmentation); the labels move "
-        "only with the rotation.",
+        "only with the geometric ones (rotation, zoom, offset).",
         "",
         *table(
             "distortion",
