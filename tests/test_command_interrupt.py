@@ -19,11 +19,12 @@ import psutil
 import pytest
 from conftest import wait_until
 
-#: a command that starts a child, says so, and on SIGINT cleans up for a second (or ignores it)
+#: a command that starts a child, says so, and on SIGINT cleans up for a second (or ignores it; with
+#: "term", it ignores SIGINT and cleans up on SIGTERM: a Python program that lost its KeyboardInterrupt)
 COMMAND = textwrap.dedent(
     """
     import signal, subprocess, sys, time
-    ignore = sys.argv[1] == "ignore"
+    ignore = sys.argv[1] in ("ignore", "term")
     sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
     child = subprocess.Popen(sleeper, stderr=subprocess.DEVNULL)
     def stop(signum, frame):
@@ -32,6 +33,8 @@ COMMAND = textwrap.dedent(
         print("command: clean", flush=True)
         sys.exit(130)
     signal.signal(signal.SIGINT, signal.SIG_IGN if ignore else stop)
+    if sys.argv[1] == "term":
+        signal.signal(signal.SIGTERM, stop)
     print(f"command: running, child {child.pid}", flush=True)
     time.sleep(300)
     """
@@ -168,9 +171,10 @@ def test_a_command_that_ignores_the_interrupt_is_killed_after_the_grace_period()
 TERMINATED_RUNNER = (
     "import signal, sys\n"
     "from fkp.orchestration import pipeline\n"
+    "pipeline.INTERRUPT_ESCALATE_S = 1.0\n"
     "def terminated(signum, frame): raise SystemExit('terminated')\n"
     "signal.signal(signal.SIGTERM, terminated)\n"
-    f"pipeline.run([sys.executable, '-c', {COMMAND!r}, 'clean'], on_line=print)\n"
+    f"pipeline.run([sys.executable, '-c', {COMMAND!r}, sys.argv[1]], on_line=print)\n"
 )
 
 
@@ -180,7 +184,7 @@ def test_a_termination_stops_the_command_after_its_cleanup(signals: int) -> None
     # runner signals a cancelled flow once per cancellation path that saw the cancel (event stream,
     # polling): a second SIGTERM that came while the training cleaned up killed it, and its MLflow run
     # was left RUNNING.
-    runner = python(TERMINATED_RUNNER)
+    runner = python(TERMINATED_RUNNER, "clean")
     line = runner.stdout.readline()
     assert "command: running" in line, line
     pgid = os.getpgid(int(line.rsplit(" ", 1)[1]))
@@ -190,6 +194,22 @@ def test_a_termination_stops_the_command_after_its_cleanup(signals: int) -> None
         runner.send_signal(signal.SIGTERM)  # the command is cleaning up (1 s)
     out, _ = runner.communicate(timeout=30)
     assert "command: clean" in out and "terminated" in out, out
+    wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
+
+
+def test_a_command_that_lost_the_interrupt_gets_sigterm_before_it_is_killed() -> None:
+    # A training interrupted during its first epoch's graph tracing trained on (its KeyboardInterrupt
+    # lost in library code) until it was killed at the end of the grace period, its MLflow run left
+    # RUNNING: SIGTERM, fkp's other clean stop, comes first.
+    runner = python(TERMINATED_RUNNER, "term")
+    line = runner.stdout.readline()
+    assert "command: running" in line, line
+    pgid = os.getpgid(int(line.rsplit(" ", 1)[1]))
+    started = time.monotonic()
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=30)
+    assert "command: clean" in out and "terminated" in out, out
+    assert time.monotonic() - started < 10  # SIGTERM after 1 s here, not SIGKILL after the 20 s grace
     wait_until(lambda: group_is_gone(pgid), 10, "the command's group to stop")
 
 

@@ -31,6 +31,12 @@ FAILURE_TAIL = 40
 #: how long an interrupted command may take to clean up before it is killed: less than the 30 s
 #: Prefect's runner gives a cancelled flow run between SIGTERM and SIGKILL
 INTERRUPT_GRACE_S = 20.0
+#: how long after Ctrl-C's SIGINT a command that still runs gets SIGTERM, its other clean stop: a
+#: Python command can lose a KeyboardInterrupt that lands in library code catching it (seen: a
+#: training interrupted during its first epoch's graph tracing trained on, and was killed at the end
+#: of the grace period with its MLflow run left RUNNING). The usual escalation of a supervisor
+#: (systemd's, Kubernetes'): a polite signal, a firmer one, then SIGKILL.
+INTERRUPT_ESCALATE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -112,12 +118,19 @@ def _orphaned() -> bool:
 
 
 def _kill_when_overdue(process: subprocess.Popen[str]) -> None:
-    """SIGKILL to the group of a command the handler stopped that still streams after the grace period."""
+    """SIGTERM, then SIGKILL after the grace period, to the group of a command the handler stopped
+    that still streams (:data:`INTERRUPT_ESCALATE_S`, :data:`INTERRUPT_GRACE_S`)."""
+    escalated = False
     while _running is process:
         stopped = _stopped
-        if stopped is not None and time.monotonic() - stopped[1] > INTERRUPT_GRACE_S:
-            _signal_group(process.pid, signal.SIGKILL)
-            return
+        if stopped is not None:
+            waited = time.monotonic() - stopped[1]
+            if waited > INTERRUPT_GRACE_S:
+                _signal_group(process.pid, signal.SIGKILL)
+                return
+            if waited > INTERRUPT_ESCALATE_S and not escalated:
+                _signal_group(process.pid, signal.SIGTERM)
+                escalated = True
         time.sleep(0.1)
 
 
@@ -333,8 +346,9 @@ def _stream(
     command runs (``KeyboardInterrupt``, or Prefect's ``TerminationSignal`` when a flow run is
     terminated or cancelled), the whole group gets one SIGINT, as from Ctrl-C in a terminal: DVC lets
     its stage command stop (a training ends its MLflow run) and removes its temporary workspace. The
-    rest of the output is still streamed; the group is killed if it is not gone after
-    :data:`INTERRUPT_GRACE_S` seconds (a second interruption does not shorten that), and the
+    rest of the output is still streamed; the group gets SIGTERM if it is not gone after
+    :data:`INTERRUPT_ESCALATE_S` seconds and is killed after :data:`INTERRUPT_GRACE_S` seconds (a
+    second interruption does not shorten that), and the
     interruption is re-raised only then, so a caller holding the pipeline lock releases it when
     nothing of the command is left.
     The signal of :func:`stop_commands_on` stops the command the same way.
@@ -413,17 +427,22 @@ def _start_running(process: subprocess.Popen[str]) -> None:
 
 
 def _stop_group(process: subprocess.Popen[str], take: Callable[[str], None], grace: float) -> None:
-    """SIGINT to the command's process group; its output until it exits; SIGKILL after ``grace`` s.
+    """SIGINT to the command's process group; its output until it exits; SIGTERM after
+    :data:`INTERRUPT_ESCALATE_S` s and SIGKILL after ``grace`` s if it is still there.
 
     Further interruptions meanwhile do not cut the command's cleanup short (the grace period bounds
-    it): Prefect's runner signals a cancelled flow once per cancellation path that sees the cancel
-    (its event stream and its polling both may), and a second SIGTERM that killed the command at once
-    left its MLflow run RUNNING. Errors (``Exception``) still end the wait.
+    it): Prefect's runner may signal a cancelled flow once per cancellation path that sees the cancel
+    (its event stream and its polling), and a second interruption must not kill a training that is
+    ending its MLflow run. Errors (``Exception``) still end the wait.
     """
     _signal_group(process.pid, signal.SIGINT)
-    killer = threading.Timer(grace, _signal_group, (process.pid, signal.SIGKILL))
-    killer.daemon = True
-    killer.start()
+    timers = [
+        threading.Timer(min(INTERRUPT_ESCALATE_S, grace), _signal_group, (process.pid, signal.SIGTERM)),
+        threading.Timer(grace, _signal_group, (process.pid, signal.SIGKILL)),
+    ]
+    for timer in timers:
+        timer.daemon = True
+        timer.start()
     assert process.stdout is not None
     try:
         while True:
@@ -437,7 +456,8 @@ def _stop_group(process: subprocess.Popen[str], take: Callable[[str], None], gra
             except BaseException:  # KeyboardInterrupt, Prefect's TerminationSignal: keep waiting
                 continue
     finally:
-        killer.cancel()
+        for timer in timers:
+            timer.cancel()
         _signal_group(process.pid, signal.SIGKILL)  # what outlived the command
 
 
