@@ -32,10 +32,10 @@ FAILURE_TAIL = 40
 #: Prefect's runner gives a cancelled flow run between SIGTERM and SIGKILL
 INTERRUPT_GRACE_S = 20.0
 #: how long after Ctrl-C's SIGINT a command that still runs gets SIGTERM, its other clean stop: a
-#: Python command can lose a KeyboardInterrupt that lands in library code catching it (seen: a
-#: training interrupted during its first epoch's graph tracing trained on, and was killed at the end
-#: of the grace period with its MLflow run left RUNNING). The usual escalation of a supervisor
-#: (systemd's, Kubernetes'): a polite signal, a firmer one, then SIGKILL.
+#: Python command can lose a KeyboardInterrupt that lands in library code catching it (Keras traces
+#: the first training step's loss through bare ``except:`` clauses: a training interrupted there
+#: trained on and was killed at the end of the grace period, its MLflow run left RUNNING). The usual
+#: escalation of a supervisor (systemd's, Kubernetes'): a polite signal, a firmer one, then SIGKILL.
 INTERRUPT_ESCALATE_S = 5.0
 
 
