@@ -107,20 +107,20 @@ def cut_faces(
         rows.append(
             (
                 photo,
+                cv2.imread(str(photo.path), cv2.IMREAD_GRAYSCALE),  # read once, cut eight ways
                 fit_scale_shift(truth, MEAN_KEYPOINTS),
                 fit_crop(faces[0].landmarks, LANDMARK_TEMPLATE),
                 square,
             )
         )
     # the box convention's size: the median face at the training scale
-    ratio = float(np.median([t.size / b.size for _, t, _, b in rows]))
+    ratio = float(np.median([t.size / b.size for _, _, t, _, b in rows]))
     images: dict[str, list] = {}
     truths: dict[str, list] = {}
     for name, frame in conventions(seed).items():
-        for photo, t, a, b in rows:
+        for photo, gray, t, a, b in rows:
             b = moved(b, 1 / ratio)
             crop = frame(t, a, b)
-            gray = cv2.imread(str(photo.path), cv2.IMREAD_GRAYSCALE)
             images.setdefault(name, []).append(extract_crop(gray, crop))
             truths.setdefault(name, []).append(crop.to_crop(photo.keypoints.reshape(-1)))
     return {k: np.stack(v) for k, v in images.items()}, {k: np.stack(v) for k, v in truths.items()}
