@@ -166,3 +166,45 @@ def test_lookup_asking_for_unknown_image_fails_before_writing(tmp_path, keras_fi
             keras_file, tmp_path / "test.csv", tmp_path / "IdLookupTable.csv", tmp_path / "out"
         )
     assert not (tmp_path / "out").exists()
+
+
+def _leaning_keras_model() -> keras.Model:
+    """A real Keras model that finds a face by its bright pixels' centroid and answers the mean face
+    moved only halfway there: right on a face framed like the training faces, wrong off it."""
+    from fkp.core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_KEYPOINTS
+
+    left, right = (KEYPOINT_NAMES.index(n) for n in ("left_eye_center", "right_eye_center"))
+    eyes_mid = (MEAN_KEYPOINTS[left] + MEAN_KEYPOINTS[right]) / 2
+    grid = np.arange(IMAGE_SIZE, dtype="float32") + 0.5
+
+    def lean(x):
+        w = x[..., 0]
+        total = keras.ops.sum(w, axis=(1, 2))
+        cx = keras.ops.sum(w * grid[None, None, :], axis=(1, 2)) / total
+        cy = keras.ops.sum(w * grid[None, :, None], axis=(1, 2)) / total
+        shift = keras.ops.stack([cx - eyes_mid[0], cy - eyes_mid[1]], axis=-1) / 2
+        return keras.ops.reshape(MEAN_KEYPOINTS[None].astype("float32") + shift[:, None, :], (-1, 30))
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 1))
+    return keras.Model(inputs, keras.layers.Lambda(lean)(inputs))
+
+
+def test_predict_keypoints_takes_a_second_look_at_a_face_framed_far_off():
+    from fkp.core.keypoints import IMAGE_SIZE, KEYPOINT_NAMES, MEAN_KEYPOINTS
+
+    def eyes_at(dx: float) -> np.ndarray:  # two bright eye blobs of the mean face, moved dx px right
+        image = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+        for name in ("left_eye_center", "right_eye_center"):
+            x, y = MEAN_KEYPOINTS[KEYPOINT_NAMES.index(name)]
+            image[int(y) - 1 : int(y) + 2, int(x + dx) - 1 : int(x + dx) + 2] = 255
+        return image
+
+    model = _leaning_keras_model()
+    faces = np.stack([eyes_at(4.0), eyes_at(16.0)])  # inside the limits / beyond them (6 px)
+    truth_x = MEAN_KEYPOINTS[:, 0][None] + np.array([[4.0], [16.0]])
+    one = predictor.predict_keypoints(model, faces, tta_flip=False, second_look=False)
+    two = predictor.predict_keypoints(model, faces, tta_flip=False)  # the default
+    np.testing.assert_array_equal(two[0], one[0])  # framed within the training range: left alone
+    first_error = np.abs(one[1, 0::2] - truth_x[1]).mean()
+    assert first_error > 7  # the model moved only halfway (8 of 16 px)
+    assert np.abs(two[1, 0::2] - truth_x[1]).mean() < 0.6 * first_error  # framed again: 4 px off

@@ -36,6 +36,8 @@ INTERRUPT_GRACE_S = 20.0
 #: the first training step's loss through bare ``except:`` clauses: a training interrupted there
 #: trained on and was killed at the end of the grace period, its MLflow run left RUNNING). The usual
 #: escalation of a supervisor (systemd's, Kubernetes'): a polite signal, a firmer one, then SIGKILL.
+#: Prefect's runner does the same (SIGTERM, SIGKILL after 30 s) but to the flow process only: the
+#: command runs in a process group of its own (so DVC sees Ctrl-C, not a kill), which only we signal.
 INTERRUPT_ESCALATE_S = 5.0
 
 
