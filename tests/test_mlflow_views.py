@@ -105,10 +105,13 @@ def test_home_experiments_and_run_open_on_training(fkp_ui: str, store, fresh_pag
     _assert_training_view(page)
     assert "val_rmse" in page.inner_text("body")
 
-    # a person who switches to GenAI keeps that choice: the page only fills in a missing one
+    # a person who switches to GenAI keeps that choice: the page only fills in a missing one.
+    # The choice is saved while no MLflow page runs (a running one may write its own back, and a
+    # reload then keeps the URL it rewrote to `workflowType=machine_learning`): on the server's
+    # health page, then MLflow's page loads afresh and reads it at start.
+    page.goto(f"{fkp_ui}/health")
     page.evaluate("localStorage.setItem('mlflow.workflowType_v1', JSON.stringify('genai'))")
     page.goto(f"{fkp_ui}/#/experiments/{experiment_id}")
-    page.reload()  # a new hash alone does not reload the page, which reads the choice at start
     page.get_by_text("Observability").first.wait_for()  # GenAI's sidebar (its first tab depends on traces)
     assert _registry_link(page).count() == 0
 
