@@ -132,8 +132,8 @@ def _faces_photo(faces: list[tuple[np.ndarray, float, tuple[float, float]]], siz
 def test_faces_are_framed_again_by_their_keypoints_small_faces_once_more(tmp_path):
     """A model whose answer is the mean face moved: each pass reframes by it; the answer is the last crop.
 
-    In a 3000x2000 photo the big face's landmarks come from a copy fine enough: two passes; the
-    small face's are whole pixels of a 640 px copy: three. One model call per pass, the faces batched.
+    In a 4000x2000 photo the big face's landmarks come from a copy fine enough: two passes; the
+    small face's are whole pixels of a 960 px copy: three. One model call per pass, the faces batched.
     """
     from fkp.core.predictor import predict_keypoints
     from fkp.serving.web.faces import face_keypoints, locate_faces
@@ -141,7 +141,7 @@ def test_faces_are_framed_again_by_their_keypoints_small_faces_once_more(tmp_pat
 
     faces = generate_sample(2, 1, 3, workers=1).train_images
     data = _faces_photo(
-        [(faces[0], 4.0, (1400.37, 700.71)), (faces[1], 1.5, (500.29, 1300.83))], (3000, 2000)
+        [(faces[0], 4.0, (1400.37, 700.71)), (faces[1], 1.5, (500.29, 1300.83))], (4000, 2000)
     )
     mean_face = np.array([MEAN_FACE[name] for name in KEYPOINT_NAMES])
     moved = ((mean_face - 48.0) * 1.03 + 48.0 + (1.5, -1.0)).ravel()  # a little bigger, right, up
@@ -236,15 +236,16 @@ def test_detects_a_drawn_face_and_its_eyes_where_they_are():
     ("photo", "copy"),
     [
         ((400, 300), (400, 300)),  # small enough: searched as it is
-        ((640, 480), (604, 453)),  # 4:3: fewer pixels, same shape
+        ((640, 480), (604, 453)),  # a 4:3 frame of 640: fewer pixels, same shape
         ((480, 640), (453, 604)),
-        ((1920, 1080), (640, 360)),  # wide photos: the longer side decides, as before
-        ((3000, 2000), (640, 427)),
-        ((8000, 6000), (604, 453)),
+        ((800, 600), (800, 600)),  # larger photos: a larger copy, where group photos' faces are small
+        ((1920, 1080), (960, 540)),  # wide photos: the longer side decides
+        ((3000, 2000), (960, 640)),
+        ((8000, 6000), (905, 679)),  # 4:3: the pixel count decides
     ],
 )
 def test_detection_copy_keeps_the_shape_within_both_limits(photo, copy):
-    factor = detection_factor(*photo, max_side=DETECT_MAX_SIDE, max_pixels=DETECT_MAX_PIXELS)
+    factor = detection_factor(*photo)
     shrunk = cv2.resize(np.zeros(photo[::-1], np.uint8), None, fx=factor, fy=factor) if factor < 1 else None
     size = photo if shrunk is None else shrunk.shape[::-1]
     assert size == copy
@@ -253,7 +254,7 @@ def test_detection_copy_keeps_the_shape_within_both_limits(photo, copy):
 
 def test_large_photo_is_detected_on_a_shrunk_copy_in_full_size_coordinates():
     gray = _draw_face(2400, 1600, centre=(1500, 700), size=900, bgr=False)
-    found = photos.detect_faces(gray, max_side=800)[0]
+    found = photos.detect_faces(gray, factor=1 / 3)[0]
     box = found.box
     assert abs(box.x + box.w / 2 - 1500) < 90 and abs(box.y + box.h / 2 - 700) < 90
     assert 450 < box.w < 1100
@@ -333,6 +334,23 @@ def test_predict_photos_writes_json_and_overlay(tmp_path, keras_file):
     overlay = cv2.imread(str(result["overlay"]))
     assert overlay.shape == photo.shape
     assert np.abs(overlay.astype(int) - cv2.imread(str(path)).astype(int)).sum() > 0  # something drawn
+
+
+def test_small_faces_in_a_group_photo_are_all_found():
+    """Four sample faces ~120 px wide in a 3000x2000 photo: the detector's copy is fine enough for each.
+
+    A 640 px copy (all photos' until the copy grew with the photo) found none of them.
+    """
+    from fkp.synthetic.sample import generate_sample
+
+    faces = generate_sample(4, 1, 5, workers=1).train_images
+    places = [(300.4, 300.2), (2400.7, 400.1), (800.3, 1500.6), (1900.5, 1200.8)]
+    data = _faces_photo([(face, 1.25, xy) for face, xy in zip(faces, places, strict=True)], (3000, 2000))
+    found = photos.find_faces(photos.decode_for_detection(data)).faces
+    centres = np.array([f.detection.landmarks[:2].mean(axis=0) for f in found])  # between the eyes
+    assert len(found) == 4, centres
+    for x, y in places:
+        assert np.min(np.hypot(*(centres - (x + 60, y + 46)).T)) < 15, ((x, y), centres)
 
 
 def test_big_jpeg_is_found_and_cut_from_reduced_decodes(tmp_path):

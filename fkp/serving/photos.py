@@ -30,7 +30,14 @@ from fkp.core.keypoints import KEYPOINT_NAMES
 from fkp.errors import DataError
 from fkp.safety.image_header import DEFAULT_MAX_PIXELS, check_pixel_count
 from fkp.serving.align import FaceCrop, extract_crop, fit_crop, fit_keypoints
-from fkp.serving.detect import DETECT_MAX_SIDE, LANDMARK_TEMPLATE, Box, Detection, detect_faces
+from fkp.serving.detect import (
+    DETECT_MAX_SIDE,
+    LANDMARK_TEMPLATE,
+    Box,
+    Detection,
+    detect_faces,
+    detection_factor,
+)
 from fkp.serving.picture import Decoded, UndecodableImage, decode
 
 __all__ = ["Box", "DETECT_MAX_SIDE", "FaceCrop", "detect_faces", "extract_crop"]
@@ -88,21 +95,22 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, code)
 
 
-def decode_for_detection(data: bytes, *, max_side: int = DETECT_MAX_SIDE) -> Decoded:
+def decode_for_detection(data: bytes) -> Decoded:
     """The photo decoded only as finely as the detector looks (JPEG: straight at a reduced size).
 
     Raises :class:`fkp.serving.picture.UndecodableImage` for pixels that cannot be decoded.
     """
-    return decode(data, "RGB", max_side=max_side)
+    return decode(data, "RGB", max_side=DETECT_MAX_SIDE)
 
 
-def find_faces(decoded: Decoded, *, max_side: int = DETECT_MAX_SIDE) -> FoundFaces:
+def find_faces(decoded: Decoded) -> FoundFaces:
     """Every face of a photo (its :func:`decode_for_detection`), largest first, framed by its landmarks."""
     sx, sy = decoded.scale
-    shrink = min(1.0, max_side / max(decoded.pixels.shape[:2]))  # detect_faces' copy of the decode
+    height, width = decoded.pixels.shape[:2]
+    shrink = detection_factor(width, height)  # detect_faces' copy of the decode
     landmark_scale = min(sx, sy) * shrink  # detector pixels per photo pixel
     faces = []
-    for found in detect_faces(decoded.pixels, max_side=max_side):
+    for found in detect_faces(decoded.pixels, factor=shrink):
         detection = found.scaled(1.0 / sx, 1.0 / sy)
         crop = fit_crop(detection.landmarks, LANDMARK_TEMPLATE)
         if crop.size >= 1.0:  # landmarks collapsed onto one point frame nothing

@@ -2,7 +2,7 @@
 
 A JPEG is decoded at 1/2, 1/4 or 1/8 of its size straight from its DCT coefficients
 (Pillow's ``Image.draft``), and in gray when gray is all that is needed: finding the faces of an
-8000x6000 photo needs a copy of ~640 px, and a 96 px crop of a 1500 px face needs 1/8 of the
+8000x6000 photo needs a copy of ~960 px, and a 96 px crop of a 1500 px face needs 1/8 of the
 pixels. The full-resolution RGB array is never made unless a face is so small that it needs it.
 Other formats decode at full size, then shrink. EXIF orientation is applied, as a camera shows it.
 """
