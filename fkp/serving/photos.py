@@ -60,9 +60,10 @@ FRAMING_PASSES = 2
 
 #: A face whose landmarks were found on a copy shrunk for the detector to fewer than this many
 #: pixels per model-input pixel gets one framing pass more: a small face in a big photo, its
-#: landmarks whole pixels of a 640 px copy, framed too coarsely for two passes to settle. On
-#: held-out people, 10 faces in 3000x2000: NME 0.0461 after two passes, 0.0417 with this third;
-#: above this scale (most faces of 1920x1080 crowds) a third pass gained nothing.
+#: landmarks whole pixels of a copy several times smaller, framed too coarsely for two passes to
+#: settle. On held-out people, 10 faces in 3000x2000 searched at 640 px: NME 0.0461 after two
+#: passes, 0.0417 with this third; searched at 960 px (now), 0.0390 and 0.0389: it stays for
+#: photos larger than that, whose copy is coarser. Above this scale a third pass gained nothing.
 COARSE_LANDMARKS = 0.35
 
 
