@@ -329,9 +329,14 @@ def variant_progress(sweep_id: str) -> list[str]:
         filter_string=f"tags.`{tracking.TAG_SWEEP}` = '{sweep_id}'",
     )
     for run in sorted(runs, key=lambda r: r.data.tags.get("fkp.variant", "")):
-        history = client.get_metric_history(run.info.run_id, "val_rmse")
+        history = sorted(client.get_metric_history(run.info.run_id, "val_rmse"), key=lambda m: m.step)
         epochs = run.data.params.get("train.epochs", "?")
-        if history:
+        # the evaluate stage logs the evaluated val_rmse (and mean_face_rmse, which training never
+        # does) one step after the last epoch: that step is not an epoch
+        if history and "mean_face_rmse" in run.data.metrics:
+            trained = history[-2].step if len(history) > 1 else 0
+            where = f"{trained} epochs, evaluated val RMSE {history[-1].value:.4f} px"
+        elif history:
             where = f"epoch {history[-1].step}/{epochs}, val RMSE {min(m.value for m in history):.4f} px"
         else:
             where = "starting"

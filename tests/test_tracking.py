@@ -346,3 +346,22 @@ def test_logged_scores_read_like_metrics_json() -> None:
     assert tracking.tidy(15.858612) == 15.8586  # metrics.json's round(x, 4); 5 digits would say 15.859
     assert tracking.tidy(2.3236687183380127) == 2.3237
     assert tracking.tidy(0.00182345678) == 0.0018235  # a learning rate keeps its digits
+
+
+def test_sweep_progress_counts_epochs_not_the_evaluation(experiment: str) -> None:
+    """A variant's line says its epoch while it trains, and its evaluated score once evaluated."""
+    from flows.sweep import variant_progress
+
+    client = MlflowClient()
+    sweep_id = uuid.uuid4().hex
+    run = client.create_run(experiment, tags={tracking.TAG_SWEEP: sweep_id, tracking.TAG_VARIANT: "0.002"})
+    run_id = run.info.run_id
+    assert variant_progress(sweep_id) == ["0.002: starting (running)"]
+    client.log_param(run_id, "train.epochs", "2")
+    for step, value in ((2, 3.5), (1, 4.0)):  # the store need not return them in order
+        client.log_metric(run_id, "val_rmse", value, step=step)
+    assert variant_progress(sweep_id) == ["0.002: epoch 2/2, val RMSE 3.5000 px (running)"]
+    client.set_terminated(run_id)
+    for key, value in (("val_rmse", 3.25), ("mean_face_rmse", 3.9)):  # the evaluate stage, step 3
+        client.log_metric(run_id, key, value, step=3)
+    assert variant_progress(sweep_id) == ["0.002: 2 epochs, evaluated val RMSE 3.2500 px (finished)"]
